@@ -351,7 +351,7 @@ class AffinityMachine(RuleBasedStateMachine):
 
     def _live_model(self) -> OrderedDict[str, _ModelBinding]:
         now_s = self.clock.now_s
-        for session_id in [s for s, b in self.model.items() if now_s - b.last_activity_s >= self.ttl_s]:
+        for session_id in [s for s, b in self.model.items() if b.last_activity_s + self.ttl_s <= now_s]:
             del self.model[session_id]
         return self.model
 
