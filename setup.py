@@ -50,6 +50,7 @@ def extensions() -> list:
     ext = Extension(
         "orchestrator_core._core_c",
         ["src/orchestrator_core/_core_c.pyx"],
+        depends=["src/orchestrator_core/_oc_sync.h", "src/orchestrator_core/_core_c.pxd"],
         define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -11,6 +11,8 @@ from ._engine import ENGINE, engine
 from ._stats import QueueMetrics
 from ._types import AdmissionPolicy, Priority, RejectionReason
 from ._builder import QueueBuilder
+from .affinity import SessionAffinity
+from .placement import Assigned, JobSpec, NoCapacity, NoCapacityReason, PlacementRule, PoolSnapshot, place
 
 Queue = engine.Queue
 Task = engine.Task
@@ -24,13 +26,21 @@ __all__ = [
     "ENGINE",
     "Accepted",
     "AdmissionPolicy",
+    "Assigned",
     "Job",
+    "JobSpec",
+    "NoCapacity",
+    "NoCapacityReason",
+    "PlacementRule",
+    "PoolSnapshot",
     "Priority",
     "Queue",
     "QueueBuilder",
     "QueueMetrics",
     "Rejected",
     "RejectionReason",
+    "SessionAffinity",
     "Task",
     "__version__",
+    "place",
 ]

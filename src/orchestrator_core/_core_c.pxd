@@ -6,6 +6,13 @@ from libc.stdint cimport int64_t, uint64_t
 cdef extern from "pythread.h":
     ctypedef void *PyThread_type_lock
 
+cdef extern from "_oc_sync.h":
+    ctypedef struct oc_lock_t:
+        pass
+    void oc_lock(oc_lock_t *) noexcept nogil
+    void oc_unlock(oc_lock_t *) noexcept nogil
+    double oc_monotonic() noexcept nogil
+
 
 cdef enum:
     WAIT_BUCKETS = 94
@@ -90,6 +97,7 @@ cdef struct State:
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Task:
     cdef readonly str model
     cdef readonly object max_tokens
@@ -102,6 +110,7 @@ cdef class Task:
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Job:
     cdef object _job_id
     cdef object _prefix_dash
@@ -112,6 +121,7 @@ cdef class Job:
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Accepted:
     cdef object _job_id
     cdef object _prefix_dash
@@ -121,6 +131,7 @@ cdef class Accepted:
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Rejected:
     cdef readonly object reason
     cdef readonly int64_t retry_after_ms
@@ -129,7 +140,7 @@ cdef class Rejected:
 
 
 cdef class Queue:
-    cdef cython.pymutex _lock
+    cdef oc_lock_t _lock
     cdef State s
     cdef object _policy
     cdef str _pool_id
@@ -139,7 +150,7 @@ cdef class Queue:
     cdef bytes _prefix_dash_b
     cdef object __weakref__
 
-    cdef double _now(self) except? -1.0
+    cdef inline double _now(self) except? -1.0
     cdef bint _make_key(self, str job_id, Key *k)
     cdef int _enqueue_locked(self, Entry *e, int64_t max_tokens, Key *k, bint has_key, double now,
                              Entry **victim, int64_t *position, int64_t *ahead, int64_t *retry_ms) noexcept nogil

@@ -29,7 +29,6 @@ cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from cpython.time cimport PyTime_MonotonicRaw, PyTime_AsSecondsDouble
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor, ceil, log2
@@ -40,6 +39,7 @@ import threading as _threading
 from ._stats import build_metrics as _build_metrics
 from ._types import AdmissionPolicy, Priority, RejectionReason
 from ._validate import (
+    JOB_ID_MAX_LEN,
     call_clock as _call_clock,
     check_count as _check_count,
     check_job_id as _check_job_id,
@@ -68,6 +68,7 @@ cdef extern from "pythread.h":
     void PyThread_release_lock(PyThread_type_lock) nogil
     long long PY_TIMEOUT_MAX
 
+cdef object _ZERO = 0.0
 cdef object _INTERACTIVE = Priority.INTERACTIVE
 cdef object _BATCH = Priority.BATCH
 cdef tuple _PRIORITIES = (_INTERACTIVE, _BATCH)
@@ -127,7 +128,7 @@ cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
 
 
 cdef inline double _mono() noexcept nogil:
-    return PyTime_AsSecondsDouble(PyTime_MonotonicRaw())
+    return oc_monotonic()
 
 
 cdef inline int _bucket(double wait_ms) noexcept nogil:
@@ -545,6 +546,7 @@ cdef void _record_wait(Stats *st, double wait_ms, double now) noexcept nogil:
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Task:
     """A request to run: what the front end admits.
 
@@ -610,6 +612,7 @@ cdef inline str _own_id(str prefix_dash, uint64_t counter):
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Job:
     """A queued task as it leaves the queue (dequeued, drained or evicted).
 
@@ -661,6 +664,7 @@ cdef Job _make_job(Queue q, Entry *e, double now):
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Accepted:
     """The task was admitted: ``job_id``, its ``position`` (0 = next) and the job it
     ``evicted`` under DROP_LRU (or None). Immutable; ``match Accepted(job_id=..)``."""
@@ -697,6 +701,7 @@ cdef class Accepted:
 
 
 @cython.final
+@cython.freelist(32)
 cdef class Rejected:
     """The task was refused: ``reason``, an advisory ``retry_after_ms``, whether it is
     ``retriable``, the ``policy`` in force and a human ``message``. Immutable."""
@@ -823,7 +828,7 @@ cdef class Queue:
 
         return QueueBuilder(cls)
 
-    cdef double _now(self) except? -1.0:
+    cdef inline double _now(self) except? -1.0:
         if self._clock is None:
             return _mono()
         return _call_clock(self._clock)
@@ -1002,11 +1007,13 @@ cdef class Queue:
         cdef int64_t max_tokens = t.max_tokens_c
         if _release_gil:
             with nogil:
-                with self._lock:
-                    code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
-        else:
-            with self._lock:
+                oc_lock(&self._lock)
                 code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
+                oc_unlock(&self._lock)
+        else:
+            oc_lock(&self._lock)
+            code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
+            oc_unlock(&self._lock)
         if code != OK:
             PyMem_Free(e)
             if code == NOMEM:
@@ -1060,7 +1067,7 @@ cdef class Queue:
         _free_entry(e)
         return job
 
-    def dequeue(self, timeout=0.0):
+    def dequeue(self, timeout=_ZERO):
         """The next job (INTERACTIVE first, FIFO within a priority), or None.
 
         ``timeout=0`` (default) never waits; a number waits up to that many seconds;
@@ -1070,15 +1077,17 @@ cdef class Queue:
         cdef double now
         cdef Entry *e
         cdef list taken
-        if (type(timeout) is float or type(timeout) is int) and timeout == 0:
+        if timeout is _ZERO or ((type(timeout) is float or type(timeout) is int) and timeout == 0):
             now = self._now()
             if _release_gil:
                 with nogil:
-                    with self._lock:
-                        e = self._pop_locked(now)
-            else:
-                with self._lock:
+                    oc_lock(&self._lock)
                     e = self._pop_locked(now)
+                    oc_unlock(&self._lock)
+            else:
+                oc_lock(&self._lock)
+                e = self._pop_locked(now)
+                oc_unlock(&self._lock)
             if e == NULL:
                 return None
             return self._job_and_free(e, now)
@@ -1117,25 +1126,26 @@ cdef class Queue:
             registered = False
             got = 0
             first = NULL
-            with self._lock:
-                # Chain taken entries through lru_next (free once unlinked from the LRU list).
-                while got < max_jobs:
-                    e = self._pop_locked(now)
-                    if e == NULL:
-                        break
-                    if first == NULL:
-                        first = e
-                    else:
-                        last.lru_next = e
-                    last = e
-                    got += 1
-                remaining = -1.0
-                if not got and not self.s.closed and w.lock != NULL:
-                    if timeout > 0:
-                        remaining = deadline - _mono()
-                    if timeout < 0 or remaining > 0:
-                        _link_waiter(&self.s, &w)
-                        registered = True
+            oc_lock(&self._lock)
+            # Chain taken entries through lru_next (free once unlinked from the LRU list).
+            while got < max_jobs:
+                e = self._pop_locked(now)
+                if e == NULL:
+                    break
+                if first == NULL:
+                    first = e
+                else:
+                    last.lru_next = e
+                last = e
+                got += 1
+            remaining = -1.0
+            if not got and not self.s.closed and w.lock != NULL:
+                if timeout > 0:
+                    remaining = deadline - _mono()
+                if timeout < 0 or remaining > 0:
+                    _link_waiter(&self.s, &w)
+                    registered = True
+            oc_unlock(&self._lock)
             if not registered:
                 if w.lock != NULL:
                     PyThread_free_lock(w.lock)
@@ -1162,22 +1172,24 @@ cdef class Queue:
                 try:
                     _check_signals()
                 except BaseException:
-                    with self._lock:
-                        if w.woken:
-                            # Woken for a job we will not take: pass the wake-up on.
-                            if self.s.wait_first != NULL and (self.s.cls[0].live or self.s.cls[1].live):
-                                _wake_one(&self.s)
-                        else:
-                            _unlink_waiter(&self.s, &w)
+                    oc_lock(&self._lock)
+                    if w.woken:
+                        # Woken for a job we will not take: pass the wake-up on.
+                        if self.s.wait_first != NULL and (self.s.cls[0].live or self.s.cls[1].live):
+                            _wake_one(&self.s)
+                    else:
+                        _unlink_waiter(&self.s, &w)
+                    oc_unlock(&self._lock)
                     PyThread_free_lock(w.lock)
                     raise
                 if timeout > 0:
                     remaining = deadline - _mono()
                     if remaining <= 0:
                         break
-            with self._lock:
-                if not w.woken:
-                    _unlink_waiter(&self.s, &w)
+            oc_lock(&self._lock)
+            if not w.woken:
+                _unlink_waiter(&self.s, &w)
+            oc_unlock(&self._lock)
             PyThread_free_lock(w.lock)
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # one last non-blocking attempt
@@ -1192,20 +1204,21 @@ cdef class Queue:
         cdef int p
         cdef PClass *c
         cdef list out = []
-        with self._lock:
-            for p in range(2):
-                c = &self.s.cls[p]
-                while c.live:
-                    e = _ring_pop_head(c)
-                    _lru_unlink(c, e)
-                    _table_delete(&self.s, e)
-                    if first == NULL:
-                        first = e
-                    else:
-                        last.lru_next = e
-                    last = e
-                    got += 1
-            self.s.st.drained += got
+        oc_lock(&self._lock)
+        for p in range(2):
+            c = &self.s.cls[p]
+            while c.live:
+                e = _ring_pop_head(c)
+                _lru_unlink(c, e)
+                _table_delete(&self.s, e)
+                if first == NULL:
+                    first = e
+                else:
+                    last.lru_next = e
+                last = e
+                got += 1
+        self.s.st.drained += got
+        oc_unlock(&self._lock)
         e = first
         while got:
             last = e.lru_next
@@ -1219,14 +1232,15 @@ cdef class Queue:
 
         Queued jobs can still be dequeued or drained. Idempotent.
         """
-        with self._lock:
-            self.s.closed = True
-            while self.s.wait_first != NULL:
-                _wake_one(&self.s)
+        oc_lock(&self._lock)
+        self.s.closed = True
+        while self.s.wait_first != NULL:
+            _wake_one(&self.s)
+        oc_unlock(&self._lock)
 
     # -- by job id --------------------------------------------------------------------
     cdef str _id_arg(self, object job_id):
-        if type(job_id) is str:
+        if type(job_id) is str and 0 < PyUnicode_GET_LENGTH(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable():
             return <str>job_id
         return _check_job_id(job_id)
 
@@ -1237,13 +1251,14 @@ cdef class Queue:
         cdef uint64_t slot
         cdef Entry *e
         self._make_key(jid, &k)
-        with self._lock:
-            e = _find(&self.s, &k, &slot)
-            if e != NULL:
-                _table_delete_slot(&self.s, slot)
-                _ring_remove(&self.s.cls[e.prio], e)
-                _lru_unlink(&self.s.cls[e.prio], e)
-                self.s.st.cancelled += 1
+        oc_lock(&self._lock)
+        e = _find(&self.s, &k, &slot)
+        if e != NULL:
+            _table_delete_slot(&self.s, slot)
+            _ring_remove(&self.s.cls[e.prio], e)
+            _lru_unlink(&self.s.cls[e.prio], e)
+            self.s.st.cancelled += 1
+        oc_unlock(&self._lock)
         if e == NULL:
             return False
         _free_entry(e)
@@ -1256,13 +1271,14 @@ cdef class Queue:
         cdef Entry *e
         cdef PClass *c
         self._make_key(jid, &k)
-        with self._lock:
-            e = _find(&self.s, &k, NULL)
-            if e != NULL:
-                c = &self.s.cls[e.prio]
-                if c.lru_last != e:
-                    _lru_unlink(c, e)
-                    _lru_append(c, e)
+        oc_lock(&self._lock)
+        e = _find(&self.s, &k, NULL)
+        if e != NULL:
+            c = &self.s.cls[e.prio]
+            if c.lru_last != e:
+                _lru_unlink(c, e)
+                _lru_append(c, e)
+        oc_unlock(&self._lock)
         return e != NULL
 
     def position(self, job_id):
@@ -1272,12 +1288,13 @@ cdef class Queue:
         cdef Entry *e
         cdef int64_t rank = -2
         self._make_key(jid, &k)
-        with self._lock:
-            e = _find(&self.s, &k, NULL)
-            if e != NULL:
-                rank = _rank(&self.s.cls[e.prio], e.seq)
-                if rank >= 0 and e.prio == 1:
-                    rank += self.s.cls[0].live
+        oc_lock(&self._lock)
+        e = _find(&self.s, &k, NULL)
+        if e != NULL:
+            rank = _rank(&self.s.cls[e.prio], e.seq)
+            if rank >= 0 and e.prio == 1:
+                rank += self.s.cls[0].live
+        oc_unlock(&self._lock)
         if rank == -2:
             return None
         if rank < 0:
@@ -1290,8 +1307,9 @@ cdef class Queue:
         cdef Key k
         cdef Entry *e
         self._make_key(<str>job_id, &k)
-        with self._lock:
-            e = _find(&self.s, &k, NULL)
+        oc_lock(&self._lock)
+        e = _find(&self.s, &k, NULL)
+        oc_unlock(&self._lock)
         return e != NULL
 
     cdef list _ids(self, int which, bint lru):
@@ -1316,31 +1334,32 @@ cdef class Queue:
                 PyMem_Free(strs)
                 PyMem_Free(counters)
                 raise MemoryError()
-            with self._lock:
-                if self._live_of(which) == n:
-                    done = True
-                    for p in range(2):
-                        if which != 2 and p != which:
-                            continue
-                        c = &self.s.cls[p]
-                        if lru:
-                            e = c.lru_first
-                            while e != NULL:
+            oc_lock(&self._lock)
+            if self._live_of(which) == n:
+                done = True
+                for p in range(2):
+                    if which != 2 and p != which:
+                        continue
+                    c = &self.s.cls[p]
+                    if lru:
+                        e = c.lru_first
+                        while e != NULL:
+                            strs[i] = e.key_str
+                            counters[i] = e.counter
+                            if e.key_str != NULL:
+                                Py_INCREF(<object>e.key_str)
+                            i += 1
+                            e = e.lru_next
+                    else:
+                        for sq in range(c.head, c.tail):
+                            e = c.ring[sq & c.mask]
+                            if e != NULL:
                                 strs[i] = e.key_str
                                 counters[i] = e.counter
                                 if e.key_str != NULL:
                                     Py_INCREF(<object>e.key_str)
                                 i += 1
-                                e = e.lru_next
-                        else:
-                            for sq in range(c.head, c.tail):
-                                e = c.ring[sq & c.mask]
-                                if e != NULL:
-                                    strs[i] = e.key_str
-                                    counters[i] = e.counter
-                                    if e.key_str != NULL:
-                                        Py_INCREF(<object>e.key_str)
-                                    i += 1
+            oc_unlock(&self._lock)
             if done:
                 break
             PyMem_Free(strs)  # the depth changed between sizing and locking: size again
@@ -1388,17 +1407,18 @@ cdef class Queue:
         cdef int i, b
         cdef PClass *c
         memset(hist, 0, sizeof(hist))
-        with self._lock:
-            memcpy(&st, &self.s.st, sizeof(Stats))
-            live0 = self.s.cls[0].live
-            live1 = self.s.cls[1].live
-            closed = self.s.closed
-            for i in range(2):
-                c = &self.s.cls[i]
-                if c.live:
-                    if not has_oldest or c.ring[c.head & c.mask].enqueued_at < oldest:
-                        oldest = c.ring[c.head & c.mask].enqueued_at
-                        has_oldest = True
+        oc_lock(&self._lock)
+        memcpy(&st, &self.s.st, sizeof(Stats))
+        live0 = self.s.cls[0].live
+        live1 = self.s.cls[1].live
+        closed = self.s.closed
+        for i in range(2):
+            c = &self.s.cls[i]
+            if c.live:
+                if not has_oldest or c.ring[c.head & c.mask].enqueued_at < oldest:
+                    oldest = c.ring[c.head & c.mask].enqueued_at
+                    has_oldest = True
+        oc_unlock(&self._lock)
         _window(&st, now, &enq, &deq, &win, slots)
         for i in range(WINDOW_S):
             if slots[i]:

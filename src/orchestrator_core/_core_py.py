@@ -40,6 +40,7 @@ from ._stats import (
 )
 from ._types import AdmissionPolicy, Priority, RejectionReason
 from ._validate import (
+    JOB_ID_MAX_LEN,
     call_clock,
     check_count,
     check_job_id,
@@ -1005,7 +1006,7 @@ class Queue:
     # -- by job id --------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
         """Remove a queued job; False if it is not queued. Idempotent."""
-        if type(job_id) is not str:
+        if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
         with self._lock:
             e = self._index.pop(job_id, None)
@@ -1019,7 +1020,7 @@ class Queue:
 
     def touch(self, job_id: str) -> bool:
         """Mark a queued job as just used (DROP_LRU evicts it last); False if not queued."""
-        if type(job_id) is not str:
+        if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
         with self._lock:
             e = self._index.get(job_id)
@@ -1033,7 +1034,7 @@ class Queue:
 
     def position(self, job_id: str) -> int | None:
         """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued."""
-        if type(job_id) is not str:
+        if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
         with self._lock:
             e = self._index.get(job_id)

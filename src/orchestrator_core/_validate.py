@@ -54,9 +54,8 @@ def check_job_id(job_id: object, param: str = "job_id") -> str:
         raise ValueError(f"{param} must not be empty, got {job_id!r}")
     if len(job_id) > JOB_ID_MAX_LEN:
         raise ValueError(f"{param} must be at most {JOB_ID_MAX_LEN} characters, got {len(job_id)} ({job_id[:20]!r}...)")
-    for ch in job_id:
-        if ch < " " or "\x7f" <= ch <= "\x9f":
-            raise ValueError(f"{param} must not contain control characters, got {job_id!r}")
+    if not job_id.isprintable():
+        raise ValueError(f"{param} must be printable (no control characters or line breaks), got {job_id!r}")
     # A str subclass could override __hash__/__eq__: the engines only ever see exact str.
     return job_id if type(job_id) is str else str.__str__(job_id)
 
