@@ -71,10 +71,11 @@ _MIN_RING: Final = 8
 _COMPACT_SLACK: Final = 32
 
 _new = object.__new__
+_ceil = math.ceil
+_log2 = math.log2
 
 
-def _mono() -> float:
-    return time.monotonic()
+_mono = time.monotonic
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,22 +400,18 @@ class _Class:
         self.pending: list[int] = []
 
     # -- ring -------------------------------------------------------------------------
-    def push(self, e: _Entry) -> None:
+    def grow(self) -> None:
+        """Double the ring (it is full)."""
+        # In place (no new list: nothing that could start the cyclic GC under the lock):
+        # after doubling, every seq's cell under the new mask holds its entry; clear the
+        # other copy.
         ring = self.ring
         cap = self.mask + 1
-        if self.tail - self.head == cap:
-            # Grow in place (no new list: nothing that could start the cyclic GC under the
-            # lock): after doubling, every seq's cell under the new mask holds its entry;
-            # clear the other copy.
-            ring.extend(ring)
-            self.mask = mask = 2 * cap - 1
-            for s in range(self.head, self.tail):
-                ring[(s & mask) ^ cap] = None
-            self.fen_ok = False
-        e.seq = self.tail
-        ring[self.tail & self.mask] = e
-        self.tail += 1
-        self.live += 1
+        ring.extend(ring)
+        self.mask = mask = 2 * cap - 1
+        for s in range(self.head, self.tail):
+            ring[(s & mask) ^ cap] = None
+        self.fen_ok = False
 
     def pop_head(self) -> _Entry:
         ring = self.ring
@@ -423,7 +420,7 @@ class _Class:
         ring[idx] = None
         self.head += 1
         self.live -= 1
-        self._after_head_moved()
+        self.after_head_moved()
         return e  # type: ignore[return-value]
 
     def remove(self, e: _Entry) -> None:
@@ -432,7 +429,7 @@ class _Class:
         self.live -= 1
         if e.seq == self.head:
             self.head += 1
-            self._after_head_moved()
+            self.after_head_moved()
             return
         self.dead += 1
         if self.fen_ok:
@@ -447,7 +444,8 @@ class _Class:
             self.fen_ok = False
             pending.clear()
 
-    def _after_head_moved(self) -> None:
+    def after_head_moved(self) -> None:
+        """Skip tombstones at the head; reset or shrink the ring when it empties out."""
         ring = self.ring
         mask = self.mask
         while self.dead and ring[self.head & mask] is None:
@@ -758,20 +756,6 @@ class Queue:
         deq = sum(self._win_deq[i] for i in slots)
         return enq, deq, float(cur - lo) if cur > lo else 0.0, slots
 
-    def _record_wait(self, wait_ms: float, now: float) -> None:
-        slot = self._slot if now < self._sec_end else self._roll(now)
-        self._win_deq[slot] += 1
-        idx = 0
-        if wait_ms > 0.1:
-            idx = math.ceil(math.log2(wait_ms / 0.1) * 4.0)
-            if idx >= WAIT_BUCKETS:
-                idx = WAIT_BUCKETS - 1
-        self._win_hist[slot][idx] += 1
-        if wait_ms > self._win_max[slot]:
-            self._win_max[slot] = wait_ms
-        self._life_hist[idx] += 1
-        self._life_sum += wait_ms
-
     # -- id helpers -------------------------------------------------------------------
     def _own_counter(self, job_id: str) -> int:
         """The counter of an id in this queue's own format, or 0."""
@@ -791,18 +775,19 @@ class Queue:
         """
         if type(task) is not Task:
             raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
-        now = self._now()
+        clock = self._clock
+        now = _mono() if clock is None else call_clock(clock)
         e = _new(_Entry)
         e.task = task
         e.prio = p = 0 if task._priority is _INTERACTIVE else 1
         e.enqueued_at = now
-        e.lru_prev = e.lru_next = None
         job_id = task._job_id
         own = self._own_counter(job_id) if job_id is not None else 0
         victim: _Entry | None = None
         ahead = 0
         with self._lock:
             classes = self._classes
+            inter = classes[0]
             if self._closed:
                 code = _CLOSED
             elif self._limit and task._max_tokens > self._limit:
@@ -811,7 +796,6 @@ class Queue:
                 code = _DUPLICATE
             else:
                 code = _OK
-                inter = classes[0]
                 depth = inter.live + classes[1].live
                 if self._policy_code == 2:  # FAIL_FAST
                     ahead = inter.live if p == 0 else depth
@@ -844,8 +828,21 @@ class Queue:
                     e.key = job_id
                     position = inter.live if p == 0 else inter.live + classes[1].live
                     c = classes[p]
-                    c.push(e)
-                    c.lru_append(e)
+                    # c.push(e) and c.lru_append(e), inlined: this is the hot path.
+                    tail = c.tail
+                    if tail - c.head > c.mask:
+                        c.grow()
+                    e.seq = tail
+                    c.ring[tail & c.mask] = e
+                    c.tail = tail + 1
+                    c.live += 1
+                    e.lru_next = None
+                    e.lru_prev = last = c.lru_last
+                    if last is None:
+                        c.lru_first = e
+                    else:
+                        last.lru_next = e
+                    c.lru_last = e
                     self._index[job_id] = e
                     self._accepted += 1
                     slot = self._slot if now < self._sec_end else self._roll(now)
@@ -894,14 +891,46 @@ class Queue:
     # -- leaving the queue ------------------------------------------------------------
     def _pop_locked(self, now: float) -> _Entry | None:
         classes = self._classes
-        c = classes[0] if classes[0].live else classes[1]
+        c = classes[0]
         if not c.live:
-            return None
-        e = c.pop_head()
-        c.lru_unlink(e)
-        del self._index[e.key]
+            c = classes[1]
+            if not c.live:
+                return None
+        # c.pop_head() and c.lru_unlink(e), inlined: this is the hot path.
+        ring = c.ring
+        idx = c.head & c.mask
+        e = ring[idx]
+        ring[idx] = None
+        c.head += 1
+        c.live -= 1
+        if c.dead or c.head == c.tail or c.mask >= _MIN_RING:
+            c.after_head_moved()
+        prev = e.lru_prev  # type: ignore[union-attr]
+        nxt = e.lru_next  # type: ignore[union-attr]
+        if prev is None:
+            c.lru_first = nxt
+        else:
+            prev.lru_next = nxt
+        if nxt is None:
+            c.lru_last = prev
+        else:
+            nxt.lru_prev = prev
+        del self._index[e.key]  # type: ignore[union-attr]
         self._dequeued += 1
-        self._record_wait((now - e.enqueued_at) * 1000.0, now)
+        # self._record_wait(...), inlined
+        wait_ms = (now - e.enqueued_at) * 1000.0  # type: ignore[union-attr]
+        slot = self._slot if now < self._sec_end else self._roll(now)
+        self._win_deq[slot] += 1
+        idx = 0
+        if wait_ms > 0.1:
+            idx = _ceil(_log2(wait_ms / 0.1) * 4.0)
+            if idx >= WAIT_BUCKETS:
+                idx = WAIT_BUCKETS - 1
+        self._win_hist[slot][idx] += 1
+        if wait_ms > self._win_max[slot]:
+            self._win_max[slot] = wait_ms
+        self._life_hist[idx] += 1
+        self._life_sum += wait_ms
         return e
 
     def _remove_waiter(self, waiter: Any) -> bool:
@@ -957,7 +986,8 @@ class Queue:
         holds the engine's lock and can be interrupted (KeyboardInterrupt).
         """
         if timeout == 0 and (type(timeout) is float or type(timeout) is int):
-            now = self._now()
+            clock = self._clock
+            now = _mono() if clock is None else call_clock(clock)
             with self._lock:
                 e = self._pop_locked(now)
             if e is None:
@@ -967,7 +997,12 @@ class Queue:
             if not taken:
                 return None
             e = taken[0]
-        return _make_job(e.key, e.task, e.enqueued_at, (now - e.enqueued_at) * 1000.0)
+        job = _new(Job)
+        job._job_id = e.key
+        job._task = e.task
+        job._enqueued_at = t = e.enqueued_at
+        job._wait_ms = (now - t) * 1000.0
+        return job
 
     def dequeue_many(self, max_jobs: int, timeout: float | None = 0.0) -> list[Job]:
         """Up to ``max_jobs`` jobs in dequeue order, taken under one lock acquisition.
