@@ -31,7 +31,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
-from libc.math cimport floor, ceil, log2
+from libc.math cimport floor, ceil, log2, isfinite
 
 import math as _math
 import threading as _threading
@@ -40,7 +40,7 @@ from ._stats import build_metrics as _build_metrics
 from ._types import AdmissionPolicy, Priority, RejectionReason
 from ._validate import (
     JOB_ID_MAX_LEN,
-    call_clock as _call_clock,
+    check_clock_value as _check_clock_value,
     check_count as _check_count,
     check_job_id as _check_job_id,
     check_queue_args as _check_queue_args,
@@ -831,7 +831,10 @@ cdef class Queue:
     cdef inline double _now(self) except? -1.0:
         if self._clock is None:
             return _mono()
-        return _call_clock(self._clock)
+        value = self._clock()
+        if type(value) is float and isfinite(<double>value):
+            return <double>value
+        return _check_clock_value(value)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -1005,30 +1008,42 @@ cdef class Queue:
         e.enqueued_at = now
         e.lru_prev = e.lru_next = NULL
         cdef int64_t max_tokens = t.max_tokens_c
+        cdef PyObject *key_str = NULL
+        cdef uint64_t counter = 0
+        cdef Accepted res = Accepted.__new__(Accepted)
+        # The entry's references are taken before the entry becomes visible: once the lock
+        # is released a consumer may dequeue and free it (at once on a free-threaded build,
+        # or whenever the GIL is released around the locked part).
+        Py_INCREF(t)
+        if has_key and k.key_str != NULL:
+            Py_INCREF(<object>k.key_str)
         if _release_gil:
             with nogil:
                 oc_lock(&self._lock)
                 code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
+                key_str = e.key_str
+                counter = e.counter
                 oc_unlock(&self._lock)
         else:
             oc_lock(&self._lock)
             code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
+            key_str = e.key_str
+            counter = e.counter
             oc_unlock(&self._lock)
         if code != OK:
+            Py_DECREF(t)
+            if has_key and k.key_str != NULL:
+                Py_DECREF(<object>k.key_str)
             PyMem_Free(e)
             if code == NOMEM:
                 raise MemoryError()
             return _make_rejected(_reason_of(code), retry_ms, self._policy, self._refusal_message(code, t, ahead))
-        # The entry now owns references to its task and its foreign key.
-        Py_INCREF(t)
-        if e.key_str != NULL:
-            Py_INCREF(<object>e.key_str)
-        cdef Accepted res = Accepted.__new__(Accepted)
-        if e.key_str == NULL:
+        # From here on `e` may already be gone; only the copies taken under the lock are used.
+        if key_str == NULL:
             res._prefix_dash = self._prefix_dash
-            res._counter = e.counter
+            res._counter = counter
         else:
-            res._job_id = <object>e.key_str
+            res._job_id = <object>key_str  # alive: the task we hold references it as its job_id
         res.position = position
         if victim != NULL:
             res.evicted = _make_job(self, victim, now)
