@@ -42,7 +42,7 @@ def extensions() -> list:
         if _flag("ORCHESTRATOR_CORE_DEBUG_BUILD") or _flag("ORCHESTRATOR_CORE_SANITIZE"):
             compile_args += ["-O0", "-g3", "-UNDEBUG"]
         else:
-            compile_args += ["-O2"]
+            compile_args += ["-O2", "-g0"]  # sysconfig's -g would ship 1 MB of DWARF per wheel
         if _flag("ORCHESTRATOR_CORE_SANITIZE"):
             san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
             compile_args += san

@@ -48,6 +48,8 @@ from ._validate import (
     raise_task_error as _raise_task_error,
 )
 
+__all__ = ["Accepted", "Job", "Queue", "Rejected", "Task"]
+
 cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     int PyUnicode_KIND(object)

@@ -867,7 +867,7 @@ class Queue:
         if code != _OK:
             return _make_rejected(reason, retry_ms, self._policy, self._refusal_message(code, task, ahead))
         res = _new(Accepted)
-        res._job_id = job_id
+        res._job_id = job_id  # type: ignore[assignment]  # set under the lock when accepted
         res._position = position
         if victim is None:
             res._evicted = None

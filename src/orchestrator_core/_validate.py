@@ -158,6 +158,6 @@ def call_clock(clock: Callable[[], Any]) -> float:
 
 def check_clock_value(value: object) -> float:
     """A clock reading as a float, or a TypeError naming ``clock()``."""
-    if not _is_real(value) or not math.isfinite(value):  # type: ignore[arg-type]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise TypeError(f"clock() must return a finite number of seconds, got {value!r}")
     return float(value)
