@@ -1,0 +1,231 @@
+"""Benchmark configuration: collection of ``bench_*.py``, the ``heavy`` marker, engine fixtures, a targets summary.
+
+Run everything with ``pytest benchmarks --benchmark-only``; a quick run deselects the heavy cases
+(depth 1,000,000 and the pure engine's memory run) with ``-m "not heavy"``. This file does not depend on
+``tests/conftest.py``.
+
+* Files named ``bench_*.py`` are collected as test modules (their ``test_*`` functions are the benchmarks)
+  as well as the usual ``test_*.py``; a file whose optional dependency is missing skips itself with
+  ``pytest.importorskip`` and the rest of the run goes on.
+* ``impl`` (alias ``engine``) is parametrised over the two engine modules, ids ``c`` and ``py``:
+  ``orchestrator_core._core_c`` and ``orchestrator_core._core_py``. The ``c`` case is skipped when the
+  compiled engine is absent or ``ORCHESTRATOR_CORE_NO_EXTENSIONS`` is set; with
+  ``ORCHESTRATOR_CORE_REQUIRE_EXTENSION`` set a missing compiled engine is an error.
+* ``pedantic_rounds`` (rounds of the threaded and depth-1,000,000 scenarios) follows ``--benchmark-min-rounds``.
+* ``--bench-all-deep`` also runs the depth-1,000,000 fill/drain for the pure engine, ``queue.Queue`` and
+  ``asyncio.Queue`` (minutes; off by default).
+* At the end of a run the issue's targets are printed as ratios of medians from that same run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from orchestrator_core import _core_py
+
+NO_EXTENSIONS = os.environ.get("ORCHESTRATOR_CORE_NO_EXTENSIONS", "") not in ("", "0")
+REQUIRE_EXTENSION = os.environ.get("ORCHESTRATOR_CORE_REQUIRE_EXTENSION", "") not in ("", "0")
+
+
+def _load_c() -> ModuleType | None:
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return importlib.import_module("orchestrator_core._core_c")
+    except ImportError:
+        if REQUIRE_EXTENSION:
+            raise
+        return None
+
+
+core_c = _load_c()
+core_py = _core_py
+
+_NO_C = pytest.mark.skip(reason="the compiled engine orchestrator_core._core_c is not available")
+
+ENGINE_PARAMS = [
+    pytest.param(core_c, id="c", marks=[_NO_C] if core_c is None else []),
+    pytest.param(core_py, id="py"),
+]
+
+BENCH_FILES = "bench_*.py"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("orchestrator_core benchmarks")
+    group.addoption(
+        "--bench-all-deep",
+        action="store_true",
+        default=False,
+        help="also fill/drain depth 1,000,000 on the pure engine, queue.Queue and asyncio.Queue (slow)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "heavy: long benchmark (depth 1,000,000 and similar); deselect with -m 'not heavy'"
+    )
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """Collect ``bench_*.py`` like test modules (pytest's own hook already takes ``test_*.py``).
+
+    A path named on the command line is collected by pytest itself, so it is left alone here.
+    """
+    if file_path.suffix != ".py" or not fnmatch.fnmatch(file_path.name, BENCH_FILES):
+        return None
+    if parent.session.isinitpath(file_path):
+        return None
+    if any(fnmatch.fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files")):
+        return None
+    module: pytest.Module = pytest.Module.from_parent(parent, path=file_path)
+    return module
+
+
+@pytest.fixture(params=ENGINE_PARAMS)
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The engine module under benchmark (ids ``c`` and ``py``)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def engine(impl: ModuleType) -> ModuleType:
+    """Alias of ``impl``."""
+    return impl
+
+
+@pytest.fixture
+def all_deep(request: pytest.FixtureRequest) -> bool:
+    """True when ``--bench-all-deep`` asks for the slow depth-1,000,000 cases."""
+    return bool(request.config.getoption("--bench-all-deep"))
+
+
+@pytest.fixture
+def pedantic_rounds(request: pytest.FixtureRequest) -> int:
+    """Rounds for ``benchmark.pedantic`` scenarios: ``--benchmark-min-rounds`` (pytest-benchmark's default 5)."""
+    return max(1, int(request.config.getoption("benchmark_min_rounds", 5) or 5))
+
+
+# ---------------------------------------------------------------------------------------
+# The issue's targets, as ratios of medians from this run (printed after pytest-benchmark's tables).
+
+
+OWN_FILES = ("bench_queue.py", "bench_contention.py")
+
+
+def _own_benchmarks(config: pytest.Config) -> Iterator[tuple[str, str, Any]]:
+    """``(group, implementation id, metadata)`` of the benchmarks of this directory's queue files that ran."""
+    session = getattr(config, "_benchmarksession", None)
+    for bench in getattr(session, "benchmarks", None) or []:
+        if not any(name in str(getattr(bench, "fullname", "")) for name in OWN_FILES):
+            continue
+        impl = bench.extra_info.get("impl")
+        group = getattr(bench, "group", None)
+        if impl is None or group is None or getattr(bench, "stats", None) is None:
+            continue
+        yield group, str(impl), bench
+
+
+def _per_op_medians(config: pytest.Config) -> dict[tuple[str, str], float]:
+    """``(group, implementation id) -> median seconds per operation`` (round median / ``ops_per_round``)."""
+    out: dict[tuple[str, str], float] = {}
+    for group, impl, bench in _own_benchmarks(config):
+        ops = float(bench.extra_info.get("ops_per_round", 1))
+        out[(group, impl)] = bench.stats.median / ops
+    return out
+
+
+def _extra(config: pytest.Config, group: str, impl: str, key: str) -> Any:
+    for bgroup, bimpl, bench in _own_benchmarks(config):
+        if bgroup == group and bimpl == impl:
+            return bench.extra_info.get(key)
+    return None
+
+
+def _targets(config: pytest.Config) -> list[tuple[str, str, str]]:
+    """``(target, figure, verdict)`` rows for every target whose benchmarks ran."""
+    med = _per_op_medians(config)
+    rows: list[tuple[str, str, str]] = []
+
+    def ratio(
+        label: str, num: tuple[str, str], den: tuple[str, str], limit: float, *, at_least: bool, unit: str = "x"
+    ) -> None:
+        if num in med and den in med and med[den] > 0:
+            r = med[num] / med[den]
+            ok = r >= limit if at_least else r <= limit
+            figure = f"{r:.2f}{unit}  ({med[num] * 1e9:.0f} ns / {med[den] * 1e9:.0f} ns)"
+            rows.append((label, figure, "met" if ok else "NOT MET"))
+
+    ratio("pair: c vs queue.Queue, >= 8x faster", ("pair", "queue.Queue"), ("pair", "c"), 8.0, at_least=True)
+    ratio("pair: c within 5x of deque (aim)", ("pair", "c"), ("pair", "deque"), 5.0, at_least=False)
+    ratio("pair: c vs py, >= 10x faster", ("pair", "py"), ("pair", "c"), 10.0, at_least=True)
+    ratio("pair: py vs queue.Queue, <= 2x slower", ("pair", "py"), ("pair", "queue.Queue"), 2.0, at_least=False)
+    for eng in ("c", "py"):
+        ratio(f"drop-lru at capacity vs pair [{eng}], <= 1.5x", ("drop-lru", eng), ("pair", eng), 1.5, at_least=False)
+        for op in ("cancel", "position"):
+            ratio(
+                f"{op} depth 100,000 vs 100 [{eng}], <= 2x",
+                (f"{op}-100000", eng),
+                (f"{op}-100", eng),
+                2.0,
+                at_least=False,
+            )
+    for gil in ("c-gil-held", "c-gil-released"):
+        ratio(
+            f"2p+2c throughput [{gil}] vs queue.Queue, >= 4x",
+            ("contended-2p2c", "queue.Queue"),
+            ("contended-2p2c", gil),
+            4.0,
+            at_least=True,
+        )
+        num = _extra(config, "wakeup", "queue.Queue", "p50_us")
+        den = _extra(config, "wakeup", gil, "p50_us")
+        if num is not None and den is not None:
+            ok = den <= num
+            figure = f"{den:.1f} us vs queue.Queue {num:.1f} us ({num / den:.2f}x)"
+            rows.append((f"wake-up p50 [{gil}] no slower than queue.Queue", figure, "met" if ok else "NOT MET"))
+    bpj = _extra(config, "memory-1000000", "c", "bytes_per_job")
+    if bpj is not None:
+        rows.append(("memory per queued job [c], <= 120 B", f"{bpj:.1f} B/job", "met" if bpj <= 120 else "NOT MET"))
+    return rows
+
+
+def _gil_rows(config: pytest.Config) -> list[str]:
+    """The compiled engine with the GIL held vs released: contended throughput and wake-up latency."""
+    lines = []
+    subjects = ("c-gil-held", "c-gil-released", "queue.Queue")
+    for n in (1, 2, 4):
+        group = f"contended-{n}p{n}c"
+        rates = [_extra(config, group, subject, "items_per_s") for subject in subjects]
+        if any(r is not None for r in rates):
+            figures = ", ".join(f"{s} {r:,} items/s" for s, r in zip(subjects, rates, strict=True) if r is not None)
+            lines.append(f"{group}: {figures}")
+    for subject in subjects:
+        p50 = _extra(config, "wakeup", subject, "p50_us")
+        p99 = _extra(config, "wakeup", subject, "p99_us")
+        if p50 is not None and p99 is not None:
+            lines.append(f"wake-up {subject}: p50 {p50:.1f} us, p99 {p99:.1f} us")
+    return lines
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rows = _targets(config)
+    if rows:
+        terminalreporter.section("orchestrator_core targets (ratios of medians from this run)")
+        width = max(len(r[0]) for r in rows)
+        for label, figure, verdict in rows:
+            terminalreporter.write_line(f"{label.ljust(width)}  {figure:<44}  {verdict}")
+    gil = _gil_rows(config)
+    if gil:
+        terminalreporter.section("orchestrator_core GIL question (compiled engine, GIL held vs released)")
+        for line in gil:
+            terminalreporter.write_line(line)
