@@ -1132,15 +1132,12 @@ cdef class Queue:
         cdef PyLockStatus r
         cdef long long us
         cdef list out
+        cdef bint need_lock
+        w.lock = NULL
         while True:
             now = self._now()
-            w.lock = NULL
-            if timeout != 0:
-                w.lock = PyThread_allocate_lock()
-                if w.lock == NULL:
-                    raise MemoryError()
-                PyThread_acquire_lock(w.lock, 1)
             registered = False
+            need_lock = False
             got = 0
             first = NULL
             oc_lock(&self._lock)
@@ -1156,13 +1153,23 @@ cdef class Queue:
                 last = e
                 got += 1
             remaining = -1.0
-            if not got and not self.s.closed and w.lock != NULL:
+            if not got and not self.s.closed and timeout != 0:
                 if timeout > 0:
                     remaining = deadline - _mono()
                 if timeout < 0 or remaining > 0:
-                    _link_waiter(&self.s, &w)
-                    registered = True
+                    if w.lock == NULL:
+                        need_lock = True  # allocated outside the lock, then try again
+                    else:
+                        _link_waiter(&self.s, &w)
+                        registered = True
             oc_unlock(&self._lock)
+            if need_lock:
+                # Only a consumer that has to wait pays for its wake-up lock.
+                w.lock = PyThread_allocate_lock()
+                if w.lock == NULL:
+                    raise MemoryError()
+                PyThread_acquire_lock(w.lock, 1)
+                continue
             if not registered:
                 if w.lock != NULL:
                     PyThread_free_lock(w.lock)
@@ -1208,6 +1215,7 @@ cdef class Queue:
                 _unlink_waiter(&self.s, &w)
             oc_unlock(&self._lock)
             PyThread_free_lock(w.lock)
+            w.lock = NULL
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # one last non-blocking attempt
 

@@ -944,19 +944,17 @@ class Queue:
         """Up to ``max_jobs`` entries, waiting up to ``timeout`` s (-1: forever) for the first."""
         deadline = _mono() + timeout if timeout > 0 else 0.0
         taken: list[_Entry] = []
+        waiter: Any = None
         while True:
             now = self._now()
-            waiter = None
-            if timeout != 0:
-                waiter = threading.Lock()
-                waiter.acquire()
+            need_waiter = False
             with self._lock:
                 while len(taken) < max_jobs:
                     e = self._pop_locked(now)
                     if e is None:
                         break
                     taken.append(e)
-                if taken or self._closed or waiter is None:
+                if taken or self._closed or timeout == 0:
                     return taken, now
                 remaining = -1.0
                 if timeout > 0:
@@ -964,7 +962,15 @@ class Queue:
                     if remaining <= 0:
                         return taken, now
                     remaining = min(remaining, threading.TIMEOUT_MAX)
-                self._waiters.append(waiter)
+                if waiter is None:
+                    need_waiter = True  # made outside the lock, then try again
+                else:
+                    self._waiters.append(waiter)
+            if need_waiter:
+                # Only a consumer that has to wait pays for its wake-up lock.
+                waiter = threading.Lock()
+                waiter.acquire()
+                continue
             try:
                 waiter.acquire(True, remaining)
             except BaseException:
@@ -975,6 +981,7 @@ class Queue:
                 raise
             with self._lock:
                 self._remove_waiter(waiter)
+            waiter = None
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # one last non-blocking attempt
 
