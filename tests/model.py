@@ -65,7 +65,7 @@ class Model:
         cur = math.floor(now)
         lo = max(cur - WINDOW_S, math.floor(self.created_at))
         deq = sum(1 for t in self.dequeue_times if lo <= math.floor(t) < cur)
-        win = cur - lo if cur > lo else 0
+        win = cur - max(float(cur - WINDOW_S), self.created_at)
         if deq == 0 or win <= 0:
             return RETRY_AFTER_DEFAULT_MS
         return min(RETRY_AFTER_MAX_MS, max(RETRY_AFTER_MIN_MS, math.ceil(n * 1000.0 * win / deq)))

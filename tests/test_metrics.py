@@ -559,14 +559,9 @@ def test_engines_agree_on_a_scripted_day() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Known engine inexactness (reported to the engine's owner; remove the markers once fixed:
-# xfail is strict, so a fix turns these into failures until then).
+# Window and bucket edges (regression tests for three inexactnesses found and fixed).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine window bug: the second in progress reuses the slot of the oldest second still in the window",
-)
 def test_rates_hold_after_activity_in_the_current_second(impl: ModuleType, clock: Any) -> None:
     q = impl.Queue(10, "reject-new", clock=clock, id_prefix="q")
     t = impl.Task("m", 1)
@@ -576,14 +571,10 @@ def test_rates_hold_after_activity_in_the_current_second(impl: ModuleType, clock
     q.enqueue(t)
     q.dequeue()
     m = q.metrics()
-    # Seconds 1010..1019 hold 1000 dequeues; the engines report 900 / 10 s and a 12 ms hint.
+    # Seconds 1010..1019 hold 1000 dequeues (the slot of 1010 must survive second 1020).
     assert (m.window_s, m.dequeue_rate_per_s, m.retry_after_ms) == (10.0, 100.0, 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine window inexactness: a queue created mid-second counts its first second as a whole one",
-)
 def test_rate_of_a_queue_created_mid_second(impl: ModuleType) -> None:
     clock = Clock(START + 0.5)
     q = impl.Queue(10, "reject-new", clock=clock, id_prefix="q")
@@ -594,25 +585,21 @@ def test_rate_of_a_queue_created_mid_second(impl: ModuleType) -> None:
         q.dequeue()
     clock.now = START + 2.0
     m = q.metrics()
-    # The engines report window_s == 2.0 and 96 per second (192 events over 1.5 s of life).
+    # 192 events over the 1.5 s the queue has lived (not 2 whole seconds).
     assert (m.window_s, m.dequeue_rate_per_s) == (1.5, 128.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bucket inexactness: ceil(4 * log2(w / 0.1)) misplaces waits within an ulp of a bound",
-)
 @pytest.mark.parametrize(
     ("now", "bucket"),
     [
         (
             0.00014142135623730954,
             2,
-        ),  # wait 0.14142135623730953 ms == bound[2]: the engines say 3
+        ),  # wait 0.14142135623730953 ms == bound[2]
         (
             0.0016000000000000003,
             17,
-        ),  # wait 1.6000000000000003 ms > bound[16] == 1.6: the engines say 16
+        ),  # wait 1.6000000000000003 ms > bound[16] == 1.6
     ],
 )
 def test_waits_at_a_bound_land_in_the_documented_bucket(impl: ModuleType, now: float, bucket: int) -> None:

@@ -17,6 +17,7 @@ cdef extern from "_oc_sync.h":
 cdef enum:
     WAIT_BUCKETS = 94
     WINDOW_S = 10
+    WINDOW_SLOTS = 11       # WINDOW_S completed seconds + the one in progress
     N_REASONS = 4
 
 
@@ -70,13 +71,14 @@ cdef struct Stats:
     int64_t dequeued
     int64_t drained
     int64_t created_sec
+    double created_at
     double sec_end
     int slot
-    int64_t win_sec[WINDOW_S]
-    int64_t win_enq[WINDOW_S]
-    int64_t win_deq[WINDOW_S]
-    int64_t win_hist[WINDOW_S][WAIT_BUCKETS]
-    double win_max[WINDOW_S]
+    int64_t win_sec[WINDOW_SLOTS]
+    int64_t win_enq[WINDOW_SLOTS]
+    int64_t win_deq[WINDOW_SLOTS]
+    int64_t win_hist[WINDOW_SLOTS][WAIT_BUCKETS]
+    double win_max[WINDOW_SLOTS]
     int64_t life_hist[WAIT_BUCKETS]
     double life_sum
 

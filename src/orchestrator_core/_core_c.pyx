@@ -36,7 +36,7 @@ from libc.math cimport floor, ceil, log2, isfinite
 import math as _math
 import threading as _threading
 
-from ._stats import build_metrics as _build_metrics
+from ._stats import WAIT_BUCKET_BOUNDS_MS as _WAIT_BUCKET_BOUNDS_MS, build_metrics as _build_metrics
 from ._types import AdmissionPolicy, Priority, RejectionReason
 from ._validate import (
     JOB_ID_MAX_LEN,
@@ -133,6 +133,12 @@ cdef inline double _mono() noexcept nogil:
     return oc_monotonic()
 
 
+# The finite bucket bounds, the same doubles as _stats.WAIT_BUCKET_BOUNDS_MS.
+cdef double _BOUNDS[WAIT_BUCKETS - 1]
+for _i, _b in enumerate(_WAIT_BUCKET_BOUNDS_MS):
+    _BOUNDS[_i] = _b
+
+
 cdef inline int _bucket(double wait_ms) noexcept nogil:
     cdef int idx
     if wait_ms <= 0.1:
@@ -140,6 +146,12 @@ cdef inline int _bucket(double wait_ms) noexcept nogil:
     idx = <int>ceil(log2(wait_ms / 0.1) * 4.0)
     if idx >= WAIT_BUCKETS:
         idx = WAIT_BUCKETS - 1
+    # log2 rounds: within an ulp or two of a bound the estimate can be one bucket off, so
+    # settle it against the table (bucket i holds (bound[i-1], bound[i]]).
+    if idx < WAIT_BUCKETS - 1 and wait_ms > _BOUNDS[idx]:
+        idx += 1
+    elif idx > 0 and wait_ms <= _BOUNDS[idx - 1]:
+        idx -= 1
     return idx
 
 
@@ -488,7 +500,7 @@ cdef void _table_delete(State *s, Entry *e) noexcept nogil:
 
 cdef int _roll(Stats *st, double now) noexcept nogil:
     cdef int64_t sec = _floor_i(now)
-    cdef int slot = <int>_mod(sec, WINDOW_S)
+    cdef int slot = <int>_mod(sec, WINDOW_SLOTS)
     if st.win_sec[slot] != sec:
         st.win_sec[slot] = sec
         st.win_enq[slot] = 0
@@ -507,17 +519,23 @@ cdef inline int _cur_slot(Stats *st, double now) noexcept nogil:
 cdef void _window(Stats *st, double now, int64_t *enq, int64_t *deq, double *win, bint *slots) noexcept nogil:
     cdef int64_t cur = _floor_i(now)
     cdef int64_t lo = cur - WINDOW_S
+    cdef double start
     cdef int i
     if lo < st.created_sec:
         lo = st.created_sec
     enq[0] = 0
     deq[0] = 0
-    for i in range(WINDOW_S):
+    for i in range(WINDOW_SLOTS):
         slots[i] = lo <= st.win_sec[i] < cur
         if slots[i]:
             enq[0] += st.win_enq[i]
             deq[0] += st.win_deq[i]
-    win[0] = <double>(cur - lo) if cur > lo else 0.0
+    # The window starts at the queue's creation when that is later than cur - WINDOW_S: a
+    # queue created mid-second has lived only part of its first second.
+    start = <double>(cur - WINDOW_S)
+    if st.created_at > start:
+        start = st.created_at
+    win[0] = <double>cur - start if <double>cur > start else 0.0
 
 
 cdef int64_t _retry_after(int64_t n, int64_t deq, double win) noexcept nogil:
@@ -805,9 +823,10 @@ cdef class Queue:
         cdef double now = self._now()
         cdef int i
         self.s.st.created_sec = _floor_i(now)
+        self.s.st.created_at = now
         self.s.st.sec_end = -1e300
-        for i in range(WINDOW_S):
-            self.s.st.win_sec[i] = self.s.st.created_sec - WINDOW_S - 1
+        for i in range(WINDOW_SLOTS):
+            self.s.st.win_sec[i] = self.s.st.created_sec - WINDOW_SLOTS - 1
 
     def __dealloc__(self):
         cdef Entry *e
@@ -915,7 +934,7 @@ cdef class Queue:
         cdef int p = e.prio
         cdef int64_t depth, enq, deq
         cdef double win
-        cdef bint slots[WINDOW_S]
+        cdef bint slots[WINDOW_SLOTS]
         cdef int code = OK
         cdef int slot
         cdef Waiter *w
@@ -1425,7 +1444,7 @@ cdef class Queue:
         cdef int64_t enq, deq
         cdef double win, wmax = 0.0, oldest = 0.0
         cdef bint has_oldest = False
-        cdef bint slots[WINDOW_S]
+        cdef bint slots[WINDOW_SLOTS]
         cdef int64_t hist[WAIT_BUCKETS]
         cdef int64_t live0, live1
         cdef bint closed
@@ -1445,7 +1464,7 @@ cdef class Queue:
                     has_oldest = True
         oc_unlock(&self._lock)
         _window(&st, now, &enq, &deq, &win, slots)
-        for i in range(WINDOW_S):
+        for i in range(WINDOW_SLOTS):
             if slots[i]:
                 for b in range(WAIT_BUCKETS):
                     hist[b] += st.win_hist[i][b]

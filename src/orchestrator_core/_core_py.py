@@ -35,7 +35,9 @@ from ._stats import (
     RETRY_AFTER_MIN_MS,
     WAIT_BUCKETS,
     WINDOW_S,
+    WINDOW_SLOTS,
     QueueMetrics,
+    WAIT_BUCKET_BOUNDS_MS as _BOUNDS,
     build_metrics,
 )
 from ._types import AdmissionPolicy, Priority, RejectionReason
@@ -622,6 +624,7 @@ class Queue:
         "_dequeued",
         "_drained",
         "_created_sec",
+        "_created_at",
         "_sec_end",
         "_slot",
         "_win_sec",
@@ -669,13 +672,14 @@ class Queue:
         self._drained = 0
         now = self._now()
         self._created_sec = math.floor(now)
+        self._created_at = now
         self._sec_end = -math.inf
         self._slot = 0
-        self._win_sec = [self._created_sec - WINDOW_S - 1] * WINDOW_S
-        self._win_enq = [0] * WINDOW_S
-        self._win_deq = [0] * WINDOW_S
-        self._win_hist = [[0] * WAIT_BUCKETS for _ in range(WINDOW_S)]
-        self._win_max = [0.0] * WINDOW_S
+        self._win_sec = [self._created_sec - WINDOW_SLOTS - 1] * WINDOW_SLOTS
+        self._win_enq = [0] * WINDOW_SLOTS
+        self._win_deq = [0] * WINDOW_SLOTS
+        self._win_hist = [[0] * WAIT_BUCKETS for _ in range(WINDOW_SLOTS)]
+        self._win_max = [0.0] * WINDOW_SLOTS
         self._life_hist = [0] * WAIT_BUCKETS
         self._life_sum = 0.0
 
@@ -734,7 +738,7 @@ class Queue:
     # -- window bookkeeping (lock held) -------------------------------------------------
     def _roll(self, now: float) -> int:
         sec = math.floor(now)
-        slot = sec % WINDOW_S
+        slot = sec % WINDOW_SLOTS
         if self._win_sec[slot] != sec:
             self._win_sec[slot] = sec
             self._win_enq[slot] = 0
@@ -751,10 +755,13 @@ class Queue:
         """Slots of the window (completed seconds), the window's enqueues, dequeues and length."""
         cur = math.floor(now)
         lo = max(cur - WINDOW_S, self._created_sec)
-        slots = [i for i in range(WINDOW_S) if lo <= self._win_sec[i] < cur]
+        slots = [i for i in range(WINDOW_SLOTS) if lo <= self._win_sec[i] < cur]
         enq = sum(self._win_enq[i] for i in slots)
         deq = sum(self._win_deq[i] for i in slots)
-        return enq, deq, float(cur - lo) if cur > lo else 0.0, slots
+        # The window starts at the queue's creation when that is later than cur - WINDOW_S:
+        # a queue created mid-second has lived only part of its first second.
+        win = cur - max(float(cur - WINDOW_S), self._created_at)
+        return enq, deq, win if win > 0.0 else 0.0, slots
 
     # -- id helpers -------------------------------------------------------------------
     def _own_counter(self, job_id: str) -> int:
@@ -926,6 +933,12 @@ class Queue:
             idx = _ceil(_log2(wait_ms / 0.1) * 4.0)
             if idx >= WAIT_BUCKETS:
                 idx = WAIT_BUCKETS - 1
+            # log2 rounds: within an ulp or two of a bound the estimate can be one bucket
+            # off, so settle it against the table (bucket i holds (bound[i-1], bound[i]]).
+            if idx < WAIT_BUCKETS - 1 and wait_ms > _BOUNDS[idx]:
+                idx += 1
+            elif idx > 0 and wait_ms <= _BOUNDS[idx - 1]:
+                idx -= 1
         self._win_hist[slot][idx] += 1
         if wait_ms > self._win_max[slot]:
             self._win_max[slot] = wait_ms

@@ -33,6 +33,7 @@ __all__ = [
     "WAIT_BUCKETS",
     "WAIT_BUCKET_BOUNDS_MS",
     "WINDOW_S",
+    "WINDOW_SLOTS",
     "RETRY_AFTER_DEFAULT_MS",
     "RETRY_AFTER_MIN_MS",
     "RETRY_AFTER_MAX_MS",
@@ -44,6 +45,9 @@ WAIT_BUCKETS = 94
 WAIT_BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(0.1 * 2.0 ** (i / 4.0) for i in range(WAIT_BUCKETS - 1))
 #: Length of the rate / percentile window in seconds of the queue's clock.
 WINDOW_S = 10
+#: One-second slots kept: the ``WINDOW_S`` completed seconds and the one in progress (which
+#: must not overwrite the oldest completed second while that is still in the window).
+WINDOW_SLOTS = WINDOW_S + 1
 #: Retry-After hint when nothing has been dequeued in the window.
 RETRY_AFTER_DEFAULT_MS = 1000
 #: The adaptive hint is clamped to this range.
@@ -58,7 +62,15 @@ def bucket_index(wait_ms: float) -> int:
     if wait_ms <= 0.1:
         return 0
     idx = math.ceil(math.log2(wait_ms / 0.1) * 4.0)
-    return idx if idx < WAIT_BUCKETS - 1 else WAIT_BUCKETS - 1
+    if idx > WAIT_BUCKETS - 1:
+        idx = WAIT_BUCKETS - 1
+    # log2 and the division round: within an ulp or two of a bound the estimate can be one
+    # bucket off, so settle it against the table (the bounds are what the docs promise).
+    if idx < WAIT_BUCKETS - 1 and wait_ms > WAIT_BUCKET_BOUNDS_MS[idx]:
+        idx += 1
+    elif idx > 0 and wait_ms <= WAIT_BUCKET_BOUNDS_MS[idx - 1]:
+        idx -= 1
+    return idx
 
 
 def _percentile(hist: list[int] | tuple[int, ...], total: int, q: float, max_ms: float) -> float | None:
