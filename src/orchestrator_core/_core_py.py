@@ -908,10 +908,17 @@ class Queue:
         idx = c.head & c.mask
         e = ring[idx]
         ring[idx] = None
-        c.head += 1
+        head = c.head + 1
+        c.head = head
         c.live -= 1
-        if c.dead or c.head == c.tail or c.mask >= _MIN_RING:
+        if c.dead or (c.mask >= _MIN_RING and (c.tail - head) * 4 <= c.mask + 1):
             c.after_head_moved()
+        elif head == c.tail:
+            # Empty: restart at 0 (as after_head_moved would).
+            c.head = c.tail = 0
+            c.fen_ok = False
+            if c.pending:
+                c.pending.clear()
         prev = e.lru_prev  # type: ignore[union-attr]
         nxt = e.lru_next  # type: ignore[union-attr]
         if prev is None:
