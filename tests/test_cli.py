@@ -16,7 +16,7 @@ import orchestrator_core
 from orchestrator_core.__main__ import main
 from orchestrator_core.simulate import POLICIES, REPORT_SCHEMA
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(orchestrator_core.__file__).resolve().parent.parent)  # the package under test: src/ or site-packages
 QUICK = ["--duration", "60", "--slots", "8", "--capacity", "16", "--samples", "12"]
 
 

@@ -399,7 +399,9 @@ print(json.dumps([place(job, pools).pool_id, place(job, pools[::-1]).pool_id]))
 
 
 def test_result_does_not_depend_on_the_hash_seed() -> None:
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    import orchestrator_core
+
+    src = str(Path(orchestrator_core.__file__).resolve().parents[1])  # the package under test
     outputs = set()
     for seed in ("0", "1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": src}
