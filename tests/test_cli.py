@@ -218,7 +218,8 @@ def test_help_lists_the_commands() -> None:
         assert command in proc.stdout
     sim = cli("simulate", "--help")
     assert sim.returncode == 0
-    assert "--honour-retry-after F" in sim.stdout and "(default: reject-new)" in sim.stdout
+    # argparse's layout differs between versions (3.13 prints a metavar once): check the content.
+    assert "--honour-retry-after" in sim.stdout and "(default: reject-new)" in sim.stdout
 
 
 def test_demo_shows_each_policy() -> None:
