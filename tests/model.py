@@ -83,9 +83,7 @@ class Model:
                 return int(digits, 16)
         return 0
 
-    def enqueue(
-        self, prio: int, max_tokens: int, job_id: str | None, now: float
-    ) -> tuple[str, object, object, object]:
+    def enqueue(self, prio: int, max_tokens: int, job_id: str | None, now: float) -> tuple[str, object, object, object]:
         """("accepted", job_id, position, evicted ModelJob|None) or ("rejected", reason, retry_ms, ahead)."""
         if self.closed:
             return self._refuse("QUEUE_CLOSED", 0, 0)

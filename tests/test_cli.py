@@ -106,7 +106,7 @@ def test_json_to_stdout_is_only_json() -> None:
 
 def test_same_seed_gives_byte_identical_json_files(tmp_path: Path) -> None:
     paths = [tmp_path / f"{name}.json" for name in ("a", "b", "c")]
-    for path, seed in zip(paths, ("7", "7", "8")):
+    for path, seed in zip(paths, ("7", "7", "8"), strict=True):
         proc = cli(*QUICK, "--seed", seed, "--policy", "drop-lru", "--json", str(path))
         assert proc.returncode == 0, proc.stderr
     a, b, c = (path.read_bytes() for path in paths)

@@ -9,8 +9,7 @@ import sys
 import pytest
 
 PROBE = (
-    "import orchestrator_core as oc; "
-    "print(oc.ENGINE, oc.Queue.__module__, oc.Task.__module__, oc.Accepted.__module__)"
+    "import orchestrator_core as oc; print(oc.ENGINE, oc.Queue.__module__, oc.Task.__module__, oc.Accepted.__module__)"
 )
 
 BLOCK_C = (

@@ -23,8 +23,19 @@ def fill(q: Any, impl: ModuleType, n: int, priority: str = "interactive", **kw: 
 
 def state(q: Any) -> tuple[Any, ...]:
     m = q.metrics()
-    return (q.snapshot(), q.lru_order("interactive"), q.lru_order("batch"), m.accepted, tuple(m.rejected.values()),
-            m.evicted, m.cancelled, m.dequeued, m.drained, q.depth(), q.closed)
+    return (
+        q.snapshot(),
+        q.lru_order("interactive"),
+        q.lru_order("batch"),
+        m.accepted,
+        tuple(m.rejected.values()),
+        m.evicted,
+        m.cancelled,
+        m.dequeued,
+        m.drained,
+        q.depth(),
+        q.closed,
+    )
 
 
 def test_seed_usage_example(impl: ModuleType) -> None:

@@ -71,7 +71,7 @@ def assert_balanced(report: dict[str, Any], sim: Simulation) -> None:
     assert m.accepted + m.rejected_total == report["attempts"]["total"]
     assert report["attempts"]["total"] == totals["offered"] + report["attempts"]["retries"]
     # Every request ends in exactly one final state, and the report counts them.
-    final = {s: 0 for s in RequestState}
+    final = dict.fromkeys(RequestState, 0)
     for r in sim.requests:
         final[r.state] += 1
     assert final[RequestState.NEW] == final[RequestState.QUEUED] == final[RequestState.SERVING] == 0
@@ -313,7 +313,7 @@ def test_timeline_covers_the_run(impl: ModuleType) -> None:
     assert sum(tl["accepted"]) + sum(tl["rejected"]) == report["attempts"]["total"]
     assert max(tl["depth_max"]) == report["depth"]["max"] <= report["depth"]["capacity"]
     assert all(0 <= b <= 8 for b in tl["busy_mean"])
-    assert all(d <= m for d, m in zip(tl["depth_mean"], tl["depth_max"]))
+    assert all(d <= m for d, m in zip(tl["depth_mean"], tl["depth_max"], strict=True))
     mean = sum(tl["depth_mean"]) / len(tl["depth_mean"])
     assert math.isclose(mean, report["depth"]["mean"], abs_tol=0.01)
 

@@ -110,7 +110,12 @@ class QueueMachine(RuleBasedStateMachine):
             return
         assert got is not None
         job_id, prio, max_tokens, enqueued_at, wait_ms = got
-        assert (job_id, prio, max_tokens, enqueued_at) == (want.job_id, PRIOS[want.prio], want.max_tokens, want.enqueued_at)
+        assert (job_id, prio, max_tokens, enqueued_at) == (
+            want.job_id,
+            PRIOS[want.prio],
+            want.max_tokens,
+            want.enqueued_at,
+        )
         assert wait_ms == pytest.approx((self.clock.now - want.enqueued_at) * 1000.0)
 
     def _pick_id(self, data: st.DataObject) -> str:
@@ -142,7 +147,7 @@ class QueueMachine(RuleBasedStateMachine):
             job_id = data.draw(st.sampled_from(["caller-a", "caller-b", "q-7", "q-1a", "q-07"]))
         mods = _engines()
         outcomes = []
-        for m, q in zip(mods, self.queues):
+        for m, q in zip(mods, self.queues, strict=True):
             task = m.Task("m", max_tokens, priority=PRIOS[prio], job_id=job_id)
             outcomes.append(_outcome(lambda q=q, task=task: _result_view(q.enqueue(task))))
         assert all(o == outcomes[0] for o in outcomes), outcomes
@@ -179,7 +184,7 @@ class QueueMachine(RuleBasedStateMachine):
                 break
             wants.append(j)
         assert len(views) == len(wants)
-        for v, w in zip(views, wants):
+        for v, w in zip(views, wants, strict=True):
             self._check_job(v, w)
 
     @rule(data=st.data())
@@ -225,15 +230,15 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def drain(self) -> None:
         assert self.model is not None
-        kind, views = self._all(lambda q: [_job_view(j) for j in q.drain()])
+        _kind, views = self._all(lambda q: [_job_view(j) for j in q.drain()])
         wants = self.model.drain()
         assert len(views) == len(wants)
-        for v, w in zip(views, wants):
+        for v, w in zip(views, wants, strict=True):
             self._check_job(v, w)
 
     @rule()
     def metrics_agree(self) -> None:
-        kind, view = self._all(lambda q: _metrics_view(q.metrics()))
+        kind, _view = self._all(lambda q: _metrics_view(q.metrics()))
         assert kind == "ok"
 
     # -- invariants -------------------------------------------------------------------
@@ -259,7 +264,7 @@ class QueueMachine(RuleBasedStateMachine):
                 m.dequeued,
                 m.drained,
             )
-            assert dict((r.value, n) for r, n in met.rejected.items()) == m.rejected
+            assert {r.value: n for r, n in met.rejected.items()} == m.rejected
             assert met.accepted == met.dequeued + met.cancelled + met.evicted + met.drained + met.depth
             oldest = min((j.enqueued_at for j in m.order()), default=None)
             if oldest is None:

@@ -11,8 +11,19 @@ import pytest
 
 def state(q: Any) -> tuple[Any, ...]:
     m = q.metrics()
-    return (q.snapshot(), q.lru_order("interactive"), q.lru_order("batch"), m.accepted, tuple(m.rejected.values()),
-            m.evicted, m.cancelled, m.dequeued, m.drained, q.depth(), q.closed)
+    return (
+        q.snapshot(),
+        q.lru_order("interactive"),
+        q.lru_order("batch"),
+        m.accepted,
+        tuple(m.rejected.values()),
+        m.evicted,
+        m.cancelled,
+        m.dequeued,
+        m.drained,
+        q.depth(),
+        q.closed,
+    )
 
 
 @pytest.mark.parametrize(
@@ -33,7 +44,7 @@ def test_bad_capacity(impl: ModuleType, capacity: object, exc: type, text: str) 
 
 
 def test_unknown_policy_lists_the_valid_ones(impl: ModuleType) -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=r"^policy must be one of") as info:
         impl.Queue(5, "lifo")
     assert str(info.value) == (
         "policy must be one of 'reject-new', 'drop-lru', 'fail-fast' (or AdmissionPolicy members), got 'lifo'"
@@ -87,7 +98,7 @@ def test_enqueue_of_a_non_task_raises_and_changes_nothing(make_queue: Any, impl:
     q = make_queue(3)
     q.enqueue(impl.Task("m", 1))
     before = state(q)
-    with pytest.raises(TypeError, match="^task must be a Task, got "):
+    with pytest.raises(TypeError, match=r"^task must be a Task, got "):
         q.enqueue(bad)
     assert state(q) == before
 

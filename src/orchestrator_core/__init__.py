@@ -7,10 +7,10 @@ admitted work in a bounded FIFO per priority and pushes back when full. ``ENGINE
 
 from __future__ import annotations
 
+from ._builder import QueueBuilder
 from ._engine import ENGINE, engine
 from ._stats import QueueMetrics
 from ._types import AdmissionPolicy, Priority, RejectionReason
-from ._builder import QueueBuilder
 from .affinity import SessionAffinity
 from .placement import Assigned, JobSpec, NoCapacity, NoCapacityReason, PlacementRule, PoolSnapshot, place
 

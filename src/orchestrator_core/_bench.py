@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import math
 import os
@@ -77,10 +78,8 @@ def engines() -> dict[str, ModuleType]:
     """The engines to measure: ``{"c": _core_c, "py": _core_py}``, or only ``py`` without the compiled one."""
     out: dict[str, ModuleType] = {}
     if not _flag("ORCHESTRATOR_CORE_NO_EXTENSIONS") and platform.python_implementation() == "CPython":
-        try:
+        with contextlib.suppress(ImportError):
             out["c"] = importlib.import_module("orchestrator_core._core_c")
-        except ImportError:
-            pass
     out["py"] = importlib.import_module("orchestrator_core._core_py")
     return out
 

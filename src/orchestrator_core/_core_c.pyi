@@ -10,6 +10,7 @@ from typing_extensions import disjoint_base
 
 from ._stats import QueueMetrics
 from ._types import AdmissionPolicy, Priority, RejectionReason
+
 __all__ = ["Accepted", "Job", "Queue", "Rejected", "Task"]
 
 @final

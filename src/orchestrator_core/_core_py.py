@@ -37,8 +37,10 @@ from ._stats import (
     WINDOW_S,
     WINDOW_SLOTS,
     QueueMetrics,
-    WAIT_BUCKET_BOUNDS_MS as _BOUNDS,
     build_metrics,
+)
+from ._stats import (
+    WAIT_BUCKET_BOUNDS_MS as _BOUNDS,
 )
 from ._types import AdmissionPolicy, Priority, RejectionReason
 from ._validate import (
@@ -271,9 +273,7 @@ class Accepted:
     def __eq__(self, other: object) -> bool:
         if type(other) is not Accepted:
             return NotImplemented
-        return (
-            self._job_id == other._job_id and self._position == other._position and self._evicted is other._evicted
-        )
+        return self._job_id == other._job_id and self._position == other._position and self._evicted is other._evicted
 
     def __hash__(self) -> int:
         return hash((self._job_id, self._position, id(self._evicted)))
@@ -868,7 +868,7 @@ class Queue:
                 )
                 self._rejected[_REASON_INDEX[reason]] += 1
                 retry_ms = 0
-                if code == _FULL or code == _AHEAD:
+                if code in (_FULL, _AHEAD):
                     _, deq, win, _ = self._window(now)
                     retry_ms = _retry_after(ahead if code == _AHEAD else 1, deq, win)
         if code != _OK:
@@ -892,7 +892,10 @@ class Queue:
         if code == _AHEAD:
             return f"fail-fast: {ahead} job(s) queued ahead of this {task._priority.value} task"
         if self._policy is _DROP_LRU:
-            return f"queue {self._pool_id!r} is full ({self._capacity}) of interactive jobs; a batch task cannot evict them"
+            return (
+                f"queue {self._pool_id!r} is full ({self._capacity}) of interactive jobs; "
+                "a batch task cannot evict them"
+            )
         return f"queue {self._pool_id!r} is full ({self._capacity})"
 
     # -- leaving the queue ------------------------------------------------------------
@@ -1113,7 +1116,11 @@ class Queue:
 
     def snapshot(self, priority: Priority | str | None = None) -> list[str]:
         """Queued job ids in dequeue order (only one class when ``priority`` is given)."""
-        classes = self._classes if priority is None else (self._classes[_PRIORITIES.index(Priority.parse(priority, "priority"))],)
+        classes = (
+            self._classes
+            if priority is None
+            else (self._classes[_PRIORITIES.index(Priority.parse(priority, "priority"))],)
+        )
         with self._lock:
             return [e.key for c in classes for e in c.iter_live()]
 

@@ -29,14 +29,14 @@ from typing import Any
 from ._types import RejectionReason
 
 __all__ = [
-    "QueueMetrics",
+    "RETRY_AFTER_DEFAULT_MS",
+    "RETRY_AFTER_MAX_MS",
+    "RETRY_AFTER_MIN_MS",
     "WAIT_BUCKETS",
     "WAIT_BUCKET_BOUNDS_MS",
     "WINDOW_S",
     "WINDOW_SLOTS",
-    "RETRY_AFTER_DEFAULT_MS",
-    "RETRY_AFTER_MIN_MS",
-    "RETRY_AFTER_MAX_MS",
+    "QueueMetrics",
 ]
 
 #: Number of wait-time buckets (the last one is +Inf).
@@ -177,7 +177,7 @@ def build_metrics(pool_id: str, policy: str, raw: tuple[Any, ...]) -> QueueMetri
         depth_interactive=depth_i,
         depth_batch=depth_b,
         accepted=accepted,
-        rejected=MappingProxyType(dict(zip(_REASONS, rejected))),
+        rejected=MappingProxyType(dict(zip(_REASONS, rejected, strict=True))),
         evicted=evicted,
         cancelled=cancelled,
         dequeued=dequeued,

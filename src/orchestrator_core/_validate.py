@@ -12,20 +12,21 @@ from __future__ import annotations
 import math
 import os
 import string
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from ._types import AdmissionPolicy, Priority
 
 __all__ = [
     "JOB_ID_MAX_LEN",
-    "check_job_id",
-    "check_queue_args",
-    "check_timeout",
     "call_clock",
     "check_clock_value",
     "check_count",
-    "raise_task_error",
+    "check_job_id",
+    "check_queue_args",
+    "check_timeout",
     "new_id_prefix",
+    "raise_task_error",
 ]
 
 JOB_ID_MAX_LEN = 128

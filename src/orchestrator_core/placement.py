@@ -440,7 +440,7 @@ def place(
             if pool_id == previous_pool_id:
                 warm_pool = pool
             continue
-        if stage > furthest_stage:  # noqa: PLR1730 - a max() call costs more in this loop
+        if stage > furthest_stage:
             furthest_stage = stage
 
     if not feasible:

@@ -26,7 +26,7 @@ they were scheduled.
 
 Accounting (checked in ``accounting_ok``, per priority and in total)::
 
-    offered  == accepted + rejected_total                  (requests, not attempts)
+    offered == accepted + rejected_total(requests, not attempts)
     accepted == completed + evicted + cancelled + drained
 
 and the queue's own counters (``queue_counters``) match the simulation's tallies.
@@ -198,7 +198,8 @@ class SimConfig:
         _check_real("burst_length_s", self.burst_length_s, positive=True)
         if self.burst_length_s >= self.burst_every_s:
             raise ValueError(
-                f"burst_length_s must be shorter than burst_every_s ({self.burst_every_s!r}), got {self.burst_length_s!r}"
+                f"burst_length_s must be shorter than burst_every_s ({self.burst_every_s!r}), "
+                f"got {self.burst_length_s!r}"
             )
         if self.token_sigma > 3:
             raise ValueError(f"token_sigma must be at most 3, got {self.token_sigma!r}")
@@ -948,7 +949,8 @@ def _run_lines(run: dict[str, Any], ascii_only: bool) -> list[str]:
     slots = run["slots"]
     depth = run["depth"]
     lines.append(
-        f"  slots: {_share(slots['utilisation'])} utilised ({slots['busy_mean']:.1f} of {slots['count']} busy on average)"
+        f"  slots: {_share(slots['utilisation'])} utilised "
+        f"({slots['busy_mean']:.1f} of {slots['count']} busy on average)"
     )
     lines.append(f"  queue depth: mean {depth['mean']:.1f}, max {depth['max']} of capacity {depth['capacity']}")
     tl = run["timeline"]
@@ -1105,7 +1107,7 @@ def write_plot(report: dict[str, Any], path: str) -> None:
                 label=label if pi == 0 else None,
                 width=0.9,
             )
-            bottom = [b + v for b, v in zip(bottom, vals)]
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax_acc.set_xticks(
         [i * 3 + pi for i in range(len(runs)) for pi in range(2)],
         [f"{name}\n{prio}" for name in names for prio in PRIORITIES],
