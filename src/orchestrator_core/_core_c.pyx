@@ -805,6 +805,7 @@ cdef class Queue:
         memset(self.s.table, 0, MIN_TABLE * sizeof(Entry *))
         self.s.tmask = MIN_TABLE - 1
         self.s.next_id = 1
+        _LIVE_QUEUES.add(self)
 
     def __init__(self, capacity, policy=AdmissionPolicy.REJECT_NEW, *, pool_id="default", clock=None,
                  max_tokens_limit=None, id_prefix=None):
@@ -1152,9 +1153,23 @@ cdef class Queue:
         cdef long long us
         cdef list out
         cdef bint need_lock
+        cdef bint was_woken = False
         w.lock = NULL
         while True:
-            now = self._now()
+            try:
+                now = self._now()
+            except BaseException:
+                # The clock raised: free our wake-up lock, and if a producer woke us for a
+                # job we now will not take, pass the wake-up on.
+                if w.lock != NULL:
+                    PyThread_free_lock(w.lock)
+                if was_woken:
+                    oc_lock(&self._lock)
+                    if self.s.wait_first != NULL and (self.s.cls[0].live or self.s.cls[1].live):
+                        _wake_one(&self.s)
+                    oc_unlock(&self._lock)
+                raise
+            was_woken = False
             registered = False
             need_lock = False
             got = 0
@@ -1230,7 +1245,9 @@ cdef class Queue:
                     if remaining <= 0:
                         break
             oc_lock(&self._lock)
-            if not w.woken:
+            if w.woken:
+                was_woken = True
+            else:
                 _unlink_waiter(&self.s, &w)
             oc_unlock(&self._lock)
             PyThread_free_lock(w.lock)
@@ -1347,7 +1364,9 @@ cdef class Queue:
 
     def __contains__(self, job_id):
         if type(job_id) is not str:
-            return False
+            if not isinstance(job_id, str):
+                return False
+            job_id = str.__str__(job_id)  # never a subclass's __hash__ / __eq__
         cdef Key k
         cdef Entry *e
         self._make_key(<str>job_id, &k)
@@ -1549,3 +1568,137 @@ cdef extern from "Python.h":
 
 cdef inline void _check_signals() except *:
     PyErr_CheckSignals()
+
+
+# ---------------------------------------------------------------------------------------
+# fork(): every queue's lock is taken before the fork, so no thread is half-way through an
+# operation in the child's copy; the child then unlocks and forgets the parent's blocked
+# consumers (their threads do not exist there and their waiters lived on those stacks).
+
+import os as _os
+import weakref as _weakref
+
+cdef object _LIVE_QUEUES = _weakref.WeakSet()
+cdef list _FORK_HELD = []
+
+
+def _before_fork():
+    cdef Queue q
+    held = []
+    for obj in list(_LIVE_QUEUES):
+        q = <Queue>obj
+        oc_lock(&q._lock)
+        held.append(q)
+    _FORK_HELD[:] = held
+
+
+def _after_fork_in_parent():
+    cdef Queue q
+    for obj in _FORK_HELD:
+        q = <Queue>obj
+        oc_unlock(&q._lock)
+    _FORK_HELD.clear()
+
+
+def _after_fork_in_child():
+    cdef Queue q
+    for obj in _FORK_HELD:
+        q = <Queue>obj
+        q.s.wait_first = NULL
+        q.s.wait_last = NULL
+        oc_unlock(&q._lock)
+    _FORK_HELD.clear()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                         after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------------------------------
+# Cyclic GC: queued tasks are references of the queue (a task's payload may refer back to
+# its queue). Cython's generated tp_traverse / tp_clear only know the object attributes, so
+# they are wrapped to also visit, and clear, the tasks held in C entries.
+
+cdef extern from "Python.h":
+    ctypedef int (*visitproc)(PyObject *, void *)
+    ctypedef int (*traverseproc)(PyObject *, visitproc, void *)
+    ctypedef int (*inquiry)(PyObject *)
+    ctypedef struct PyTypeObject:
+        traverseproc tp_traverse
+        inquiry tp_clear
+    void PyType_Modified(PyTypeObject *)
+
+cdef traverseproc _base_traverse = NULL
+cdef inquiry _base_clear = NULL
+cdef Py_ssize_t _STATE_OFFSET = 0
+
+
+cdef int _queue_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
+    cdef State *s = <State *>((<char *>o) + _STATE_OFFSET)
+    cdef int p, r
+    cdef int64_t sq
+    cdef Entry *e
+    # The entries only change under the GIL (or, free-threaded, while the collector has the
+    # world stopped) unless the benchmark hook releases the GIL around operations: then do
+    # not read them; not visiting only keeps objects alive, it never frees one.
+    if not _release_gil:
+        for p in range(2):
+            if s.cls[p].ring == NULL:
+                continue
+            for sq in range(s.cls[p].head, s.cls[p].tail):
+                e = s.cls[p].ring[sq & s.cls[p].mask]
+                if e != NULL:
+                    r = visit(e.task, arg)
+                    if r:
+                        return r
+    if _base_traverse != NULL:
+        return _base_traverse(o, visit, arg)
+    return 0
+
+
+cdef int _queue_clear(PyObject *o) noexcept:
+    # Break a cycle: drop the queued jobs. No Python code of the queue's runs here (the
+    # clock may already be cleared): unlink every entry under the lock, then release the
+    # tasks after it. The queue is unreachable, so nobody sees its counters again.
+    cdef State *s = <State *>((<char *>o) + _STATE_OFFSET)
+    cdef Queue q = <Queue>o
+    cdef Entry *first = NULL
+    cdef Entry *last = NULL
+    cdef Entry *e
+    cdef int p
+    oc_lock(&q._lock)
+    for p in range(2):
+        while s.cls[p].live:
+            e = _ring_pop_head(&s.cls[p])
+            _lru_unlink(&s.cls[p], e)
+            _table_delete(s, e)
+            e.lru_next = NULL
+            if first == NULL:
+                first = e
+            else:
+                last.lru_next = e
+            last = e
+    oc_unlock(&q._lock)
+    while first != NULL:
+        e = first.lru_next
+        _free_entry(first)
+        first = e
+    if _base_clear != NULL:
+        return _base_clear(o)
+    return 0
+
+
+cdef void _install_gc_hooks():
+    global _base_traverse, _base_clear, _STATE_OFFSET
+    cdef Queue probe = Queue.__new__(Queue)
+    _STATE_OFFSET = <Py_ssize_t>(<char *>&probe.s - <char *>(<PyObject *>probe))
+    cdef PyTypeObject *t = <PyTypeObject *>Queue
+    _base_traverse = t.tp_traverse
+    _base_clear = t.tp_clear
+    t.tp_traverse = _queue_traverse
+    t.tp_clear = _queue_clear
+    PyType_Modified(t)
+
+
+_install_gc_hooks()

@@ -23,8 +23,10 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -659,6 +661,7 @@ class Queue:
         self._prefix = prefix
         self._prefix_dash = prefix + "-"
         self._lock = threading.Lock()
+        _LIVE_QUEUES.add(self)
         self._classes = (_Class(), _Class())
         self._index: dict[str, _Entry] = {}
         self._next_id = 1
@@ -968,8 +971,19 @@ class Queue:
         deadline = _mono() + timeout if timeout > 0 else 0.0
         taken: list[_Entry] = []
         waiter: Any = None
+        was_woken = False
         while True:
-            now = self._now()
+            try:
+                now = self._now()
+            except BaseException:
+                # The clock raised: if a producer woke us for a job we now will not take,
+                # pass the wake-up on.
+                if was_woken:
+                    with self._lock:
+                        if self._waiters and self.depth():
+                            self._waiters.popleft().release()
+                raise
+            was_woken = False
             need_waiter = False
             with self._lock:
                 while len(taken) < max_jobs:
@@ -1003,7 +1017,7 @@ class Queue:
                         self._waiters.popleft().release()
                 raise
             with self._lock:
-                self._remove_waiter(waiter)
+                was_woken = not self._remove_waiter(waiter)
             waiter = None
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # one last non-blocking attempt
@@ -1110,7 +1124,9 @@ class Queue:
 
     def __contains__(self, job_id: object) -> bool:
         if type(job_id) is not str:
-            return False
+            if not isinstance(job_id, str):
+                return False
+            job_id = str.__str__(job_id)  # never a subclass's __hash__ / __eq__
         with self._lock:
             return job_id in self._index
 
@@ -1174,6 +1190,36 @@ class Queue:
             )
         return build_metrics(self._pool_id, self._policy.value, raw)
 
+
+# fork(): every queue's lock is taken before the fork, so no thread is half-way through an
+# operation in the child's copy; the child then unlocks and forgets the parent's blocked
+# consumers (their threads do not exist there).
+_LIVE_QUEUES: weakref.WeakSet[Queue] = weakref.WeakSet()
+_FORK_HELD: list[Queue] = []
+
+
+def _before_fork() -> None:
+    held = list(_LIVE_QUEUES)
+    for q in held:
+        q._lock.acquire()
+    _FORK_HELD[:] = held
+
+
+def _after_fork_in_parent() -> None:
+    for q in _FORK_HELD:
+        q._lock.release()
+    _FORK_HELD.clear()
+
+
+def _after_fork_in_child() -> None:
+    for q in _FORK_HELD:
+        q._waiters.clear()
+        q._lock.release()
+    _FORK_HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 _CLOSED_R: Final = RejectionReason.QUEUE_CLOSED
 _POLICY_R: Final = RejectionReason.POLICY_VIOLATION
