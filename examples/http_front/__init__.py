@@ -1,0 +1,1 @@
+"""A reference HTTP front for orchestrator_core: see ``app.py`` and README.md."""
