@@ -270,3 +270,72 @@ def test_builder_and_repr(impl: ModuleType) -> None:
     assert q.max_queued_per_tenant == 1
     assert repr(impl.Task("m", 1, tenant="acme")).endswith("job_id=None, tenant='acme')")
     assert "tenant" not in repr(impl.Task("m", 1))
+
+
+# -- threads -------------------------------------------------------------------------------
+
+
+def _conserve(impl: ModuleType) -> None:
+    """Producers (several tenants, some tasks with a deadline), consumers and a reaper: every
+    accepted job leaves exactly once, dequeued or expired, and the counters balance."""
+    import threading
+    import time
+    from collections import Counter
+
+    q = impl.Queue(256, max_queued_per_tenant=64, max_queued_tokens=20_000)
+    per_producer = 3000
+    accepted: list[list[str]] = [[], [], []]
+    left: list[list[str]] = [[], [], []]
+    done = threading.Event()
+
+    def produce(k: int) -> None:
+        out = accepted[k]
+        for i in range(per_producer):
+            task = impl.Task("m", 10, tenant=f"t{(k + i) % 5}", max_wait_ms=5.0 if i % 7 == 0 else None)
+            res = q.enqueue(task, wait=None if i % 11 == 0 else 0.0)
+            if res.accepted:
+                out.append(res.job_id)
+
+    def consume(k: int) -> None:
+        out = left[k]
+        while not (done.is_set() and q.depth() == 0):
+            out.extend(j.job_id for j in q.dequeue_many(8, timeout=0.01))
+            time.sleep(0.0002)  # slower than the producers: a backlog builds and deadlines pass
+
+    def reap() -> None:
+        while not done.is_set():
+            left[2].extend(j.job_id for j in q.take_expired())
+        left[2].extend(j.job_id for j in q.take_expired())
+
+    producers = [threading.Thread(target=produce, args=(k,)) for k in range(3)]
+    others = [threading.Thread(target=consume, args=(k,)) for k in range(2)] + [threading.Thread(target=reap)]
+    for t in producers + others:
+        t.start()
+    for t in producers:
+        t.join()
+    done.set()
+    for t in others:
+        t.join()
+    left[2].extend(j.job_id for j in q.take_expired())
+    sent = [x for out in accepted for x in out]
+    got = [x for out in left for x in out]
+    assert len(set(sent)) == len(sent)
+    assert Counter(got) == Counter(sent)
+    m = q.metrics()
+    assert m.accepted == len(sent) == m.dequeued + m.expired and m.depth == 0 and m.queued_tokens == 0
+
+
+def test_threads_conserve_jobs_with_tenants_deadlines_and_budgets(impl: ModuleType) -> None:
+    _conserve(impl)
+
+
+@pytest.mark.c_extension
+def test_threads_conserve_jobs_with_the_gil_released() -> None:
+    from .conftest import core_c
+
+    assert core_c is not None
+    core_c._set_release_gil(True)
+    try:
+        _conserve(core_c)
+    finally:
+        core_c._set_release_gil(False)
