@@ -339,3 +339,20 @@ def test_threads_conserve_jobs_with_the_gil_released() -> None:
         _conserve(core_c)
     finally:
         core_c._set_release_gil(False)
+
+
+def test_a_cycle_through_queued_payloads_is_collected(impl: ModuleType, clock: Any) -> None:
+    # Tasks in a tenant's lane and on the expired list are the queue's references too.
+    import gc
+    import weakref
+
+    q = impl.Queue(10, clock=clock, id_prefix="q")
+    ref = weakref.ref(q)
+    q.enqueue(impl.Task("m", 1, tenant="acme", payload=q))
+    q.enqueue(impl.Task("m", 1, max_wait_ms=1, payload=q))
+    q.enqueue(impl.Task("m", 1, payload=[q]))
+    clock.advance(1.0)
+    assert q.depth() == 2  # the deadline job now waits on the expired list
+    del q
+    gc.collect()
+    assert ref() is None
