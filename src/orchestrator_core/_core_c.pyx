@@ -236,8 +236,15 @@ cdef void _ring_free(Lane *c) noexcept nogil:
     c.pending = NULL
 
 
-cdef int _ring_reserve(Lane *c) noexcept nogil:
+cdef inline int _ring_reserve(Lane *c) noexcept nogil:
     """Make room for one more entry (double when full); -1 when out of memory."""
+    if c.ring != NULL and c.tail - c.head <= c.mask:
+        return 0
+    return _ring_grow(c)
+
+
+cdef int _ring_grow(Lane *c) noexcept nogil:
+    """_ring_reserve's slow part: allocate or double the ring."""
     cdef int64_t cap = c.mask + 1
     cdef int64_t s, mask
     cdef Entry **ring
@@ -1673,9 +1680,66 @@ cdef class Queue:
         """
         if type(task) is not Task:
             raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
-        if wait is _ZERO or ((type(wait) is float or type(wait) is int) and wait == 0):
-            return _attempt(self, <Task>task, NULL)
-        return self._enqueue_waiting(<Task>task, _check_timeout(wait, "wait"))
+        if not (wait is _ZERO or ((type(wait) is float or type(wait) is int) and wait == 0)):
+            return self._enqueue_waiting(<Task>task, _check_timeout(wait, "wait"))
+        # _attempt(self, task, NULL), inlined: this is the hot path.
+        cdef Task t = <Task>task
+        cdef double now = self._now()
+        cdef Key k
+        cdef Admit a
+        cdef int code
+        cdef Entry *e
+        cdef PyObject *key_str = NULL
+        cdef uint64_t counter = 0
+        cdef Accepted res
+        a.has_key = t.job_id is not None
+        if a.has_key:
+            self._make_key(<str>t.job_id, &k)
+        a.tenant = NULL
+        if t.tenant is not None:
+            a.tenant = <PyObject *>t.tenant
+            a.thash = <uint64_t>PyObject_Hash(t.tenant)
+        _admit_args(&self.s, t, &a, &k, NULL, now)
+        e = <Entry *>PyMem_Malloc(sizeof(Entry))
+        if e == NULL:
+            raise MemoryError()
+        e.task = <PyObject *>t
+        e.enqueued_at = now
+        e.lru_prev = e.lru_next = NULL
+        e.dl_next = NULL  # (dl_prev is only read when dl_next is set)
+        res = Accepted.__new__(Accepted)
+        # The entry's references are taken before the entry becomes visible (see _attempt).
+        Py_INCREF(t)
+        if a.has_key and k.key_str != NULL:
+            Py_INCREF(<object>k.key_str)
+        if _release_gil:
+            with nogil:
+                oc_lock(&self._lock)
+                code = _enqueue_locked(self, e, &a)
+                key_str = e.key_str
+                counter = e.counter
+                oc_unlock(&self._lock)
+        else:
+            oc_lock(&self._lock)
+            code = _enqueue_locked(self, e, &a)
+            key_str = e.key_str
+            counter = e.counter
+            oc_unlock(&self._lock)
+        if code != OK:
+            return _refused(self, t, e, &a, &k, code)
+        # From here on `e` may already be gone; only the copies taken under the lock are used.
+        if key_str == NULL:
+            res._prefix_dash = self._prefix_dash
+            res._counter = counter
+        else:
+            res._job_id = <object>key_str  # alive: the task we hold references it as its job_id
+        res.position = a.position
+        if a.ms_per_job > 0:
+            res._eta_kind = 2
+            res._eta = a.ms_per_job
+        if a.victims != NULL:
+            _report_victims(self, res, &a, now)
+        return res
 
     cdef object _enqueue_waiting(self, Task t, double timeout):
         cdef double deadline = _mono() + timeout if timeout > 0 else 0.0
@@ -2371,42 +2435,82 @@ cdef inline int _enqueue_locked(Queue self, Entry *e, Admit *a) noexcept nogil:
     return OK
 
 
-cdef inline object _attempt(Queue self, Task t, Waiter *w):
-    """One admission attempt. With a waiter a retriable refusal registers it as a room
-    waiter and returns None instead, and DROP_LRU does not evict."""
+cdef inline void _admit_args(State *s, Task t, Admit *a, Key *k, Waiter *w, double now) noexcept:
+    a.key = k
+    a.prio = t.prio
+    a.max_tokens = t.max_tokens_c
+    a.tokens = t.tokens_c
+    a.max_wait = t.max_wait_c if t.max_wait_c > 0 else s.max_wait
+    a.now = now
+    a.waiter = w
+
+
+cdef object _refused(Queue self, Task t, Entry *e, Admit *a, Key *k, int code):
+    """The end of an attempt that was not admitted: release the entry; None (WAIT), a
+    MemoryError or the Rejected."""
+    Py_DECREF(t)
+    if a.has_key and k.key_str != NULL:
+        Py_DECREF(<object>k.key_str)
+    PyMem_Free(e)
+    if code == WAIT:
+        return None
+    if code == NOMEM:
+        raise MemoryError()
+    return _make_rejected(
+        _REASONS[_reason_index(code)],
+        a.retry_ms,
+        self._policy,
+        self._refusal_message(code, t, a.ahead, a.used, a.pred_ms, a.max_wait),
+    )
+
+
+cdef void _report_victims(Queue self, Accepted res, Admit *a, double now) except *:
+    """Accepted.evicted (and evicted_all) from the victims the locked part unlinked."""
+    cdef Entry *v = a.victims
+    cdef Entry *vnext
+    cdef list evicted
+    if a.nvict == 1:
+        res.evicted = _make_job(self, v, now)
+        _free_entry(v)
+        return
+    evicted = []
+    while a.nvict:
+        vnext = v.lru_next
+        evicted.append(_make_job(self, v, now))
+        _free_entry(v)
+        v = vnext
+        a.nvict -= 1
+    res.evicted = evicted[0]
+    res._evicted_all = tuple(evicted)
+
+
+cdef object _attempt(Queue self, Task t, Waiter *w):
+    """One admission attempt (Queue.enqueue inlines it for wait=0). With a waiter a retriable
+    refusal registers it as a room waiter and returns None instead, and DROP_LRU does not
+    evict."""
     cdef double now = self._now()
     cdef Key k
     cdef Admit a
     cdef int code
     cdef Entry *e
-    cdef Entry *v
-    cdef Entry *vnext
     cdef PyObject *key_str = NULL
     cdef uint64_t counter = 0
     cdef Accepted res
-    cdef list evicted
     a.has_key = t.job_id is not None
     if a.has_key:
         self._make_key(<str>t.job_id, &k)
-    a.key = &k
     a.tenant = NULL
-    a.thash = 0
     if t.tenant is not None:
         a.tenant = <PyObject *>t.tenant
         a.thash = <uint64_t>PyObject_Hash(t.tenant)
-    a.prio = t.prio
-    a.max_tokens = t.max_tokens_c
-    a.tokens = t.tokens_c
-    a.max_wait = t.max_wait_c if t.max_wait_c > 0 else self.s.max_wait
-    a.now = now
-    a.waiter = w
+    _admit_args(&self.s, t, &a, &k, w, now)
     e = <Entry *>PyMem_Malloc(sizeof(Entry))
     if e == NULL:
         raise MemoryError()
     e.task = <PyObject *>t
     e.enqueued_at = now
     e.lru_prev = e.lru_next = NULL
-    e.dl_prev = e.dl_next = NULL
+    e.dl_next = NULL  # (dl_prev is only read when dl_next is set)
     res = Accepted.__new__(Accepted)
     # The entry's references are taken before the entry becomes visible: once the lock
     # is released a consumer may dequeue and free it (at once on a free-threaded build,
@@ -2428,20 +2532,7 @@ cdef inline object _attempt(Queue self, Task t, Waiter *w):
         counter = e.counter
         oc_unlock(&self._lock)
     if code != OK:
-        Py_DECREF(t)
-        if a.has_key and k.key_str != NULL:
-            Py_DECREF(<object>k.key_str)
-        PyMem_Free(e)
-        if code == WAIT:
-            return None
-        if code == NOMEM:
-            raise MemoryError()
-        return _make_rejected(
-            _REASONS[_reason_index(code)],
-            a.retry_ms,
-            self._policy,
-            self._refusal_message(code, t, a.ahead, a.used, a.pred_ms, a.max_wait),
-        )
+        return _refused(self, t, e, &a, &k, code)
     # From here on `e` may already be gone; only the copies taken under the lock are used.
     if key_str == NULL:
         res._prefix_dash = self._prefix_dash
@@ -2453,20 +2544,7 @@ cdef inline object _attempt(Queue self, Task t, Waiter *w):
         res._eta_kind = 2
         res._eta = a.ms_per_job
     if a.victims != NULL:
-        v = a.victims
-        if a.nvict == 1:
-            res.evicted = _make_job(self, v, now)
-            _free_entry(v)
-        else:
-            evicted = []
-            while a.nvict:
-                vnext = v.lru_next
-                evicted.append(_make_job(self, v, now))
-                _free_entry(v)
-                v = vnext
-                a.nvict -= 1
-            res.evicted = evicted[0]
-            res._evicted_all = tuple(evicted)
+        _report_victims(self, res, &a, now)
     return res
 
 
