@@ -347,6 +347,7 @@ def test_counters_balance_through_every_way_out(impl: ModuleType, clock: Any) ->
         RejectionReason.INVALID_REQUEST: 1,
         RejectionReason.POLICY_VIOLATION: 1,
         RejectionReason.QUEUE_CLOSED: 1,
+        RejectionReason.DEADLINE_UNMEETABLE: 0,
     }
     assert m.rejected_total == 3
     assert dict(m.depth_by_priority) == {"interactive": 0, "batch": 0}

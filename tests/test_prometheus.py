@@ -69,6 +69,7 @@ def pool_samples(pool: str, **v: Any) -> Samples:
         ("orchd_admission_dequeued_total", p): len(v["waits"]),
         ("orchd_admission_cancelled_total", p): v["cancelled"],
         ("orchd_admission_drained_total", p): v["drained"],
+        ("orchd_admission_expired_total", p): v.get("expired", 0),
         ("orchd_admission_enqueue_rate_per_second", p): v["enqueue_rate"],
         ("orchd_admission_dequeue_rate_per_second", p): v["dequeue_rate"],
         ("orchd_admission_oldest_job_age_seconds", p): v["oldest_s"],
@@ -76,7 +77,7 @@ def pool_samples(pool: str, **v: Any) -> Samples:
         ("orchd_queue_wait_time_ms_count", p): len(v["waits"]),
         ("orchd_queue_wait_time_ms_sum", p): sum(v["waits"]),
     }
-    for reason in ("QUEUE_FULL", "INVALID_REQUEST", "POLICY_VIOLATION", "QUEUE_CLOSED"):
+    for reason in ("QUEUE_FULL", "INVALID_REQUEST", "POLICY_VIOLATION", "QUEUE_CLOSED", "DEADLINE_UNMEETABLE"):
         out[("orchd_admission_rejected_total", (("pool_id", pool), ("reason", reason)))] = v["rejected"].get(reason, 0)
     # One bound per octave (every 4th engine bound) and +Inf; counts straight from the waits.
     for k in range(24):
@@ -174,6 +175,7 @@ FAMILY_TYPES = {
     "orchd_admission_dequeued": "counter",
     "orchd_admission_cancelled": "counter",
     "orchd_admission_drained": "counter",
+    "orchd_admission_expired": "counter",
     "orchd_admission_enqueue_rate_per_second": "gauge",
     "orchd_admission_dequeue_rate_per_second": "gauge",
     "orchd_admission_oldest_job_age_seconds": "gauge",

@@ -49,6 +49,26 @@ class QueueBuilder:
         self._kwargs["id_prefix"] = prefix
         return self
 
+    def max_wait_ms(self, max_wait_ms: float) -> QueueBuilder:
+        """Default deadline of tasks that set none: longer-waiting jobs expire (``take_expired``)."""
+        self._kwargs["max_wait_ms"] = max_wait_ms
+        return self
+
+    def admit_only_feasible(self, flag: bool = True) -> QueueBuilder:
+        """Refuse (``DEADLINE_UNMEETABLE``) a task whose predicted wait exceeds its deadline."""
+        self._kwargs["admit_only_feasible"] = flag
+        return self
+
+    def max_queued_per_tenant(self, limit: int) -> QueueBuilder:
+        """Refuse a tenant's task (``POLICY_VIOLATION``) once it has this many jobs queued."""
+        self._kwargs["max_queued_per_tenant"] = limit
+        return self
+
+    def max_queued_tokens(self, limit: int) -> QueueBuilder:
+        """Bound the sum of ``max_tokens + prompt_tokens`` of queued jobs alongside the capacity."""
+        self._kwargs["max_queued_tokens"] = limit
+        return self
+
     def build(self) -> Any:
         """Make the queue; raises ``TypeError`` / ``ValueError`` naming a bad argument."""
         if "capacity" not in self._kwargs:

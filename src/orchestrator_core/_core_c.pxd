@@ -18,23 +18,30 @@ cdef enum:
     WAIT_BUCKETS = 94
     WINDOW_S = 10
     WINDOW_SLOTS = 11       # WINDOW_S completed seconds + the one in progress
-    N_REASONS = 4
+    N_REASONS = 5
+
+
+cdef struct Lane
+cdef struct Tenant
 
 
 cdef struct Entry:
     PyObject *task          # owned reference
     PyObject *key_str       # owned exact str for foreign ids; NULL for this queue's own ids
     uint64_t counter        # the counter of an own id (key_str == NULL)
-    uint64_t hash
+    uint64_t hash           # on the expired list (out of the index): the time it expired, as double bits
     double enqueued_at
     int64_t seq
     Entry *lru_prev
     Entry *lru_next
-    int prio
+    Lane *lane              # its tenant's lane (the class is lane.prio)
+    Entry *dl_prev          # deadline lane links, circular through the DLane's sentinel; NULL: no deadline
+    Entry *dl_next
 
 
-cdef struct PClass:
-    Entry **ring
+cdef struct Lane:
+    # The fields of every enqueue and dequeue first (one cache line), the rest after.
+    Entry **ring            # NULL until a tenant's lane is first used
     int64_t mask
     int64_t head
     int64_t tail
@@ -42,12 +49,40 @@ cdef struct PClass:
     int64_t dead
     Entry *lru_first
     Entry *lru_last
+    Lane *rot_next          # round-robin links; NULL while the lane is empty
+    Lane *rot_prev
+    Tenant *tenant          # NULL: the default tenant (tenant=None)
+    int prio
+    bint fen_ok
     int64_t *fen            # Fenwick tree over ring cells (fen_size = mask + 2 when valid)
     int64_t fen_size
-    bint fen_ok
     int64_t *pending        # lazy Fenwick updates: 2 * cell + (1 for +1, 0 for -1)
     int64_t npending
     int64_t pending_cap
+
+
+cdef struct PClass:
+    Lane dflt               # the default tenant's lane
+    Lane *cur               # the lane served next; NULL when the class is empty
+    int64_t live            # jobs in the class
+    int64_t nlanes          # lanes in the round robin
+    int64_t tokens          # their tokens (kept only with max_queued_tokens)
+
+
+cdef struct Tenant:
+    Tenant *next            # hash chain
+    uint64_t hash
+    int64_t live            # jobs queued, both classes
+    Py_ssize_t nchars
+    int kind
+    Py_ssize_t name_cap     # bytes available for the name (records are reused)
+    char *name              # nchars * kind bytes of the name's data, right after the struct
+    Lane lanes[2]
+
+
+cdef struct DLane:
+    double max_wait_ms
+    Entry head              # sentinel: head.dl_next is the first (earliest) job, head.dl_prev the last
 
 
 cdef struct Key:
@@ -70,6 +105,7 @@ cdef struct Stats:
     int64_t cancelled
     int64_t dequeued
     int64_t drained
+    int64_t expired
     int64_t created_sec
     double created_at
     double sec_end
@@ -84,18 +120,66 @@ cdef struct Stats:
 
 
 cdef struct State:
-    PClass cls[2]
+    # What every enqueue and dequeue reads comes first (a few cache lines); the rest after.
+    double dl_due           # lower bound of the earliest deadline lane head's expiry (inf: none)
+    int64_t capacity
+    int policy              # 0 REJECT_NEW, 1 DROP_LRU, 2 FAIL_FAST
+    bint closed
+    int64_t max_tokens_limit
+    int64_t budget          # max_queued_tokens; 0: none
+    uint64_t next_id
     Entry **table           # open addressing, linear probing, backward-shift deletion
     uint64_t tmask
     int64_t tcount
-    int64_t capacity
-    int policy              # 0 REJECT_NEW, 1 DROP_LRU, 2 FAIL_FAST
-    int64_t max_tokens_limit
-    uint64_t next_id
-    bint closed
-    Waiter *wait_first
+    Waiter *wait_first      # consumers waiting for a job
+    Waiter *room_first      # producers waiting for room (enqueue(wait=...))
+    double rate_lo          # the window's dequeues and length, valid for now in [rate_lo, rate_hi)
+    double rate_hi
+    double rate_ms          # 1000 * rate_win / rate_deq: milliseconds per job ahead (when rate_deq)
+    int64_t rate_deq
+    double rate_win
+    PClass cls[2]
+    int64_t queued_tokens   # kept only with a budget
+    int64_t dl_jobs         # queued jobs with a deadline
+    Tenant **ttable         # tenants with queued work: chained hash table (NULL until the first)
+    uint64_t ttmask
+    int64_t ttcount
+    Tenant *tfree           # a few emptied tenant records kept for reuse (chained through next)
+    int64_t ntfree
+    DLane **dlanes          # one per distinct max_wait_ms value queued
+    int64_t ndl
+    int64_t dl_cap
+    Entry *exp_first        # expired, not yet taken: chained through lru_next
+    Entry *exp_last
+    double max_wait         # default max_wait_ms; <= 0: none
+    bint feasible
+    int64_t tenant_cap
     Waiter *wait_last
+    Waiter *room_last
     Stats st
+
+
+cdef struct Admit:
+    # in
+    int prio
+    int64_t max_tokens
+    int64_t tokens
+    double max_wait         # <= 0: none
+    Key *key
+    bint has_key
+    PyObject *tenant        # borrowed exact str, or NULL
+    uint64_t thash
+    double now
+    Waiter *waiter          # enqueue(wait=...) before its last attempt: register instead of refusing
+    # out
+    Entry *victims          # chained through lru_next
+    int64_t nvict
+    int64_t position
+    int64_t ahead
+    int64_t retry_ms
+    int64_t used
+    double pred_ms
+    double ms_per_job       # > 0: the measured rate, for Accepted.eta_ms
 
 
 @cython.final
@@ -107,8 +191,14 @@ cdef class Task:
     cdef readonly object priority
     cdef readonly object job_id
     cdef readonly object payload
+    cdef readonly object tenant
+    cdef readonly object max_wait_ms
+    cdef readonly object prompt_tokens
+    cdef readonly object tokens
     cdef int prio
     cdef int64_t max_tokens_c
+    cdef int64_t tokens_c
+    cdef double max_wait_c      # 0: none
 
 
 @cython.final
@@ -130,6 +220,9 @@ cdef class Accepted:
     cdef uint64_t _counter
     cdef readonly Py_ssize_t position
     cdef readonly object evicted
+    cdef object _evicted_all
+    cdef double _eta            # _eta_kind 1: eta_ms; 2: milliseconds per job ahead (eta = position * _eta)
+    cdef int _eta_kind          # 0: no eta
 
 
 @cython.final
@@ -153,9 +246,10 @@ cdef class Queue:
     cdef object __weakref__
 
     cdef inline double _now(self) except? -1.0
+    cdef inline double _now_dl(self) except? -1.0
     cdef bint _make_key(self, str job_id, Key *k)
-    cdef int _enqueue_locked(self, Entry *e, int64_t max_tokens, Key *k, bint has_key, double now,
-                             Entry **victim, int64_t *position, int64_t *ahead, int64_t *retry_ms) noexcept nogil
+    cdef object _enqueue_waiting(self, Task t, double timeout)
+    cdef void _sweep_now(self) except *
     cdef Entry *_pop_locked(self, double now) noexcept nogil
     cdef Job _job_and_free(self, Entry *e, double now)
     cdef list _take(self, Py_ssize_t max_jobs, double timeout)

@@ -18,8 +18,12 @@ class Task:
     """A request to run: what the front end admits.
 
     ``Task(model, max_tokens, session_id=None, *, priority=Priority.INTERACTIVE,
-    job_id=None, payload=None)``. ``job_id`` lets the caller choose the id (it must not be
-    queued already); ``payload`` is carried untouched. Immutable.
+    job_id=None, payload=None, tenant=None, max_wait_ms=None, prompt_tokens=None)``.
+    ``job_id`` lets the caller choose the id (it must not be queued already); ``payload`` is
+    carried untouched; ``tenant`` names who the work is for (round-robin fairness and
+    per-tenant caps); ``max_wait_ms`` is the longest the job may wait in the queue before it
+    expires; ``prompt_tokens`` counts, with ``max_tokens``, against ``max_queued_tokens``.
+    Immutable.
     """
 
     __match_args__ = ("model", "max_tokens", "session_id")
@@ -33,6 +37,9 @@ class Task:
         priority: Priority | str = ...,
         job_id: str | None = None,
         payload: Any = None,
+        tenant: str | None = None,
+        max_wait_ms: float | None = None,
+        prompt_tokens: int | None = None,
     ) -> None: ...
     @property
     def model(self) -> str:
@@ -52,10 +59,22 @@ class Task:
     @property
     def payload(self) -> Any:
         """Anything the caller wants carried along with the task."""
+    @property
+    def tenant(self) -> str | None:
+        """Who the work is for (round-robin fairness, per-tenant caps), or None."""
+    @property
+    def max_wait_ms(self) -> float | None:
+        """Longest wait in the queue before the job expires, or None (the queue's default)."""
+    @property
+    def prompt_tokens(self) -> int | None:
+        """Tokens of the prompt (counted against ``max_queued_tokens``), or None."""
+    @property
+    def tokens(self) -> int:
+        """``max_tokens + prompt_tokens``: what the task counts against ``max_queued_tokens``."""
 
 @final
 class Job:
-    """A queued task as it leaves the queue (dequeued, drained or evicted).
+    """A queued task as it leaves the queue (dequeued, drained, evicted or expired).
 
     ``wait_ms`` is the time it spent queued, fixed when it left; ``enqueued_at`` is in
     seconds on the queue's clock.
@@ -82,13 +101,25 @@ class Job:
 
 @final
 class Accepted:
-    """The task was admitted: ``job_id``, its ``position`` (0 = next) and the job it
-    ``evicted`` under DROP_LRU (or None). Immutable; ``match Accepted(job_id=..)``."""
+    """The task was admitted: ``job_id``, its ``position`` (0 = next), the job it ``evicted``
+    under DROP_LRU (or None) and an advisory ``eta_ms``. Immutable; ``match Accepted(job_id=..)``.
+
+    ``evicted`` is the first evicted job; ``evicted_all`` is every job evicted to make room
+    (more than one when a token budget needed it), in eviction order.
+    """
 
     __match_args__ = ("job_id", "position", "evicted")
     accepted: Final = True
 
-    def __init__(self, job_id: str, position: int, evicted: Job | None = None) -> None: ...
+    def __init__(
+        self,
+        job_id: str,
+        position: int,
+        evicted: Job | None = None,
+        *,
+        eta_ms: float | None = None,
+        evicted_all: tuple[Job, ...] | None = None,
+    ) -> None: ...
     @property
     def job_id(self) -> str:
         """The admitted job's id."""
@@ -97,7 +128,15 @@ class Accepted:
         """Jobs that would be dequeued before this one at admission (0 = next)."""
     @property
     def evicted(self) -> Job | None:
-        """The job evicted to make room (DROP_LRU), to be reported to its client."""
+        """The (first) job evicted to make room (DROP_LRU), to be reported to its client."""
+    @property
+    def evicted_all(self) -> tuple[Job, ...]:
+        """Every job evicted to make room, in eviction order (empty when none)."""
+    @property
+    def eta_ms(self) -> float | None:
+        """Advisory: milliseconds until the jobs ahead drain at the measured dequeue rate
+        (``position`` over the rate of the metrics window), or None when nothing was dequeued
+        in the window."""
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
@@ -124,7 +163,7 @@ class Rejected:
         """Advisory back-off in milliseconds (0 when retrying cannot help)."""
     @property
     def retriable(self) -> bool:
-        """True when the same task may be admitted later (``QUEUE_FULL``)."""
+        """True when the same task may be admitted later (``QUEUE_FULL``, ``DEADLINE_UNMEETABLE``)."""
     @property
     def policy(self) -> AdmissionPolicy:
         """The admission policy of the queue that refused."""
@@ -138,11 +177,21 @@ class Rejected:
 
 @disjoint_base
 class Queue:
-    """A bounded admission queue: FIFO per priority, INTERACTIVE before BATCH.
+    """A bounded admission queue: INTERACTIVE before BATCH; within a priority, round robin
+    over tenants and FIFO within a tenant (plain FIFO when no task names a tenant).
 
     ``Queue(capacity, policy=AdmissionPolicy.REJECT_NEW, *, pool_id="default", clock=None,
-    max_tokens_limit=None, id_prefix=None)``. Every method is atomic and thread-safe;
-    ``enqueue`` never blocks and returns ``Accepted`` or ``Rejected``.
+    max_tokens_limit=None, id_prefix=None, max_wait_ms=None, admit_only_feasible=False,
+    max_queued_per_tenant=None, max_queued_tokens=None)``. Every method is atomic and
+    thread-safe; ``enqueue`` returns ``Accepted`` or ``Rejected`` and waits for room only
+    when asked to (``wait=``).
+
+    ``max_wait_ms`` is the deadline of tasks that set none: a job that has waited longer is
+    never dequeued; it expires and is handed over by ``take_expired()``. With
+    ``admit_only_feasible`` a task whose predicted wait already exceeds its deadline is
+    refused (``DEADLINE_UNMEETABLE``). ``max_queued_per_tenant`` caps each named tenant's
+    queued jobs (``POLICY_VIOLATION``); ``max_queued_tokens`` bounds the queued jobs' tokens
+    (``Task.tokens``) alongside the job count, and the policy applies to whichever bound is hit.
     """
 
     def __init__(
@@ -154,6 +203,10 @@ class Queue:
         clock: Callable[[], float] | None = None,
         max_tokens_limit: int | None = None,
         id_prefix: str | None = None,
+        max_wait_ms: float | None = None,
+        admit_only_feasible: bool = False,
+        max_queued_per_tenant: int | None = None,
+        max_queued_tokens: int | None = None,
     ) -> None: ...
     @classmethod
     def builder(cls) -> Any:
@@ -170,19 +223,35 @@ class Queue:
     @property
     def closed(self) -> bool:
         """True once ``close()`` was called."""
+    @property
+    def max_wait_ms(self) -> float | None:
+        """Deadline of the tasks that set no ``max_wait_ms`` (None: they never expire)."""
+    @property
+    def admit_only_feasible(self) -> bool:
+        """Whether a task whose predicted wait exceeds its deadline is refused at once."""
+    @property
+    def max_queued_per_tenant(self) -> int | None:
+        """Most jobs a named tenant may have queued (None: no cap)."""
+    @property
+    def max_queued_tokens(self) -> int | None:
+        """Bound on the queued jobs' ``Task.tokens`` (None: no bound)."""
     def capacity(self) -> int:
         """The most jobs the queue holds."""
     def depth(self) -> int:
-        """Jobs queued now."""
+        """Jobs queued now (overdue jobs expire first)."""
     def __len__(self) -> int: ...
-    def enqueue(self, task: Task) -> Accepted | Rejected:
-        """Admit ``task`` or refuse it; never blocks.
+    def enqueue(self, task: Task, wait: float | None = 0.0) -> Accepted | Rejected:
+        """Admit ``task`` or refuse it.
 
-        Returns ``Accepted(job_id, position, evicted)`` or ``Rejected(reason, ...)``;
-        raises ``TypeError`` when ``task`` is not a ``Task``.
+        Returns ``Accepted(job_id, position, evicted)`` or ``Rejected(reason, ...)``; raises
+        ``TypeError`` when ``task`` is not a ``Task``. ``wait=0`` (default) never blocks; a
+        number of seconds (or None: until room or close) first waits for room when the queue
+        would refuse the task with a retriable reason (full, or its deadline unmeetable),
+        without holding the lock, then decides by the policy (DROP_LRU evicts only then).
         """
     def dequeue(self, timeout: float | None = 0.0) -> Job | None:
-        """The next job (INTERACTIVE first, FIFO within a priority), or None.
+        """The next job, or None: INTERACTIVE first; within a priority round robin over
+        tenants, FIFO within a tenant. An overdue job is never handed out (it expires).
 
         ``timeout=0`` (default) never waits; a number waits up to that many seconds;
         ``None`` waits until a job arrives or the queue is closed and empty. A wait never
@@ -193,26 +262,39 @@ class Queue:
 
         ``timeout`` is as for ``dequeue`` and applies to the first job only.
         """
+    def take_expired(self) -> list[Job]:
+        """The jobs that expired since the last call (earliest deadline first), to be reported
+        to their clients. An expired job waited longer than its ``max_wait_ms`` (the task's,
+        else the queue's); its ``wait_ms`` is how long it had waited when it expired. Expired
+        jobs free their place at once but are held here until taken: call this regularly."""
     def drain(self) -> list[Job]:
         """Remove and return every queued job in dequeue order (counted as drained)."""
     def close(self) -> None:
-        """Refuse further enqueues (``QUEUE_CLOSED``) and wake every blocked consumer.
+        """Refuse further enqueues (``QUEUE_CLOSED``) and wake every blocked consumer and
+        producer.
 
         Queued jobs can still be dequeued or drained. Idempotent.
         """
     def cancel(self, job_id: str) -> bool:
         """Remove a queued job; False if it is not queued. Idempotent."""
     def touch(self, job_id: str) -> bool:
-        """Mark a queued job as just used (DROP_LRU evicts it last); False if not queued."""
+        """Mark a queued job as just used (DROP_LRU evicts it last in its tenant); False if not queued."""
     def position(self, job_id: str) -> int | None:
-        """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued."""
+        """Jobs that would be dequeued before this one at admission (0 = next)."""
+    def eta_ms(self, job_id: str) -> float | None:
+        """Advisory: milliseconds until the jobs ahead drain at the measured dequeue rate
+        (``position`` over the rate of the metrics window), or None when nothing was dequeued
+        in the window."""
     def __contains__(self, job_id: object, /) -> bool: ...
     def snapshot(self, priority: Priority | str | None = None) -> list[str]:
         """Queued job ids in dequeue order (only one class when ``priority`` is given)."""
     def lru_order(self, priority: Priority | str) -> list[str]:
-        """Job ids of one class from least to most recently used (DROP_LRU's victim first)."""
+        """Job ids of one class in the order DROP_LRU would evict them: least recently used
+        first (enqueue and ``touch`` make a job recent); with tenants, each eviction takes
+        from the tenant with the most jobs in the class (ties: the latest in the round robin)."""
     def metrics(self) -> QueueMetrics:
-        """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth)."""
+        """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth,
+        O(m) in the tenants with queued work)."""
 
 def _set_release_gil(flag: bool) -> None:
     """Benchmark hook: release the GIL around the short locked operations (default False)."""

@@ -1,26 +1,45 @@
 # The admission engine, compiled: C data under a real lock. Specification: _core_py.py.
 #
-# Invariants (the same block heads _core_py.py):
-#   * Two priority classes (0 = INTERACTIVE, 1 = BATCH). Each is a ring buffer of entries
-#     indexed by a per-class sequence number: entry e lives at ring[e.seq & mask] while
-#     head <= e.seq < tail. A cancelled or evicted entry leaves a tombstone (an empty cell)
-#     inside [head, tail); ring[head] is live unless the class is empty, so a dequeue is
-#     O(1). Tombstones are compacted away once they outnumber live entries (amortised O(1)).
-#     The ring doubles when full and halves when a quarter full: memory follows depth.
+# Invariants (the same block heads _core_c.pyx):
+#   * Two priority classes (0 = INTERACTIVE, 1 = BATCH). A class holds one lane per tenant
+#     with queued work; the default tenant (tenant=None) has a lane embedded in the class.
+#     A lane is a ring buffer of entries indexed by a per-lane sequence number: entry e lives
+#     at ring[e.seq & mask] while head <= e.seq < tail. A cancelled, evicted or expired entry
+#     leaves a tombstone (an empty cell) inside [head, tail); ring[head] is live unless the
+#     lane is empty, so taking a lane's head is O(1). Tombstones are compacted away once they
+#     outnumber live entries (amortised O(1)). The ring doubles when full and halves when a
+#     quarter full: memory follows depth.
+#   * Round robin: the non-empty lanes of a class form a circular list and `cur` is the lane
+#     served next. dequeue takes cur's head and moves cur on; a lane that empties leaves the
+#     circle, a lane that becomes non-empty joins it just before cur (at the back). With one
+#     lane (no tenants) this is exactly FIFO. (Shortcut: a default lane that a dequeue empties
+#     while alone stays in the circle, empty, until another lane joins; nothing else is empty.)
 #   * The job-id index maps every queued job id to its entry (one entry per id).
-#   * Each class has an intrusive doubly linked LRU list, least recently used first:
-#     enqueue and touch put an entry last; DROP_LRU evicts the first of the lowest
-#     priority present.
-#   * A Fenwick tree over ring cells counts tombstones, so position() is O(log n); cancel
-#     only records the change (applied lazily at the next position()).
-#   * depth = live(INTERACTIVE) + live(BATCH) <= capacity, and the counters balance:
-#     accepted == dequeued + cancelled + evicted + drained + depth.
+#   * Each lane has an intrusive doubly linked LRU list, least recently used first: enqueue
+#     and touch put an entry last. DROP_LRU evicts from the lowest priority present, from
+#     the lane with the most jobs (ties: the latest in the round robin), its LRU entry.
+#   * A Fenwick tree over a lane's ring cells counts tombstones, so a job's rank in its lane
+#     is O(log n); position() adds the other lanes' shares by walking the circle: O(m) for m
+#     non-empty lanes in the class, O(1) without tenants. cancel only records the change
+#     (applied lazily at the next position()).
+#   * Deadlines: every entry with a max_wait_ms is also on one intrusive FIFO per distinct
+#     max_wait_ms value (a deadline lane). Enqueue times never decrease, so a deadline lane's
+#     head expires first. `dl_due` is a lower bound of the earliest head deadline: at
+#     now < dl_due an operation pays one comparison; otherwise the heads are checked (O(number
+#     of deadline lanes)) and overdue entries move to the expired list, earliest deadline first.
+#   * depth = live(INTERACTIVE) + live(BATCH) <= capacity; with max_queued_tokens the queued
+#     jobs' tokens <= max_queued_tokens; the counters balance:
+#     accepted == dequeued + cancelled + evicted + drained + expired + depth.
 #   * No user code runs while the lock is held: the clock is read and every Python object
-#     that can trigger the cyclic GC (entries, results, jobs) is made before the lock is
-#     taken or after it is released; released tasks are dropped after it is released.
+#     that can trigger the cyclic GC (entries, tenant and deadline records, results, jobs) is
+#     made before the lock is taken or after it is released; released tasks are dropped after
+#     it is released.
 #
-# C-specific: entries are PyMem_Malloc'd (pymalloc, 64 bytes) outside the lock; the ring,
-# index, Fenwick and pending arrays use PyMem_Raw* so they can be resized without the GIL.
+# C-specific: entries are PyMem_Malloc'd (pymalloc, 88 bytes) outside the lock; the rings,
+# index, Fenwick and pending arrays, tenant and deadline-lane records use PyMem_Raw* so they
+# can be made, resized and freed under the lock without the GIL. A tenant record holds a copy
+# of its name's characters (no Python object). The tasks' C fields (tokens) are read under the
+# lock: a Task is immutable and each queued entry owns a reference to its task.
 # Own job ids ("<prefix>-<hex counter>") are stored as their counter and turned into a str
 # only when read, so a queued job costs no Python object besides its task.
 """Compiled engine (Cython). Same behaviour as ``orchestrator_core._core_py``."""
@@ -31,7 +50,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
-from libc.math cimport floor, ceil, log2, isfinite
+from libc.math cimport floor, ceil, log2, isfinite, fabs, INFINITY
 
 import math as _math
 import threading as _threading
@@ -42,7 +61,11 @@ from ._validate import (
     JOB_ID_MAX_LEN,
     check_clock_value as _check_clock_value,
     check_count as _check_count,
+    check_feature_args as _check_feature_args,
     check_job_id as _check_job_id,
+    check_max_wait_ms as _check_max_wait_ms,
+    check_prompt_tokens as _check_prompt_tokens,
+    check_tenant as _check_tenant,
     check_queue_args as _check_queue_args,
     check_timeout as _check_timeout,
     raise_task_error as _raise_task_error,
@@ -80,6 +103,8 @@ cdef object _FULL_R = RejectionReason.QUEUE_FULL
 cdef object _INVALID_R = RejectionReason.INVALID_REQUEST
 cdef object _POLICY_R = RejectionReason.POLICY_VIOLATION
 cdef object _CLOSED_R = RejectionReason.QUEUE_CLOSED
+cdef object _UNMEETABLE_R = RejectionReason.DEADLINE_UNMEETABLE
+cdef object _DROP_LRU = AdmissionPolicy.DROP_LRU
 
 # Outcome codes of the locked part of enqueue (mirrored in _core_py.py).
 cdef enum:
@@ -90,11 +115,18 @@ cdef enum:
     CLOSED = 4
     AHEAD = 5
     NOMEM = 6
+    FULL_TOKENS = 7     # the token budget is the bound that is hit
+    OVER_BUDGET = 8     # the task alone exceeds max_queued_tokens
+    TENANT_CAP = 9      # max_queued_per_tenant
+    UNMEETABLE = 10     # admit_only_feasible: predicted wait > max_wait_ms
+    WAIT = 11           # enqueue(wait=...): registered as a room waiter
 
 cdef enum:
     MIN_RING = 8
     COMPACT_SLACK = 32
     MIN_TABLE = 16
+    MIN_TENANT_TABLE = 8
+    TENANT_FREELIST = 16
 
 # Retry-After (mirrors orchestrator_core._stats)
 cdef int64_t RETRY_AFTER_DEFAULT_MS = 1000
@@ -184,10 +216,9 @@ cdef inline bint _str_eq(PyObject *a, PyObject *b) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------
-# Ring buffer, LRU list and Fenwick tree of one priority class (lock held, no GIL needed)
+# Ring buffer, LRU list and Fenwick tree of one lane (lock held, no GIL needed)
 
-cdef int _ring_init(PClass *c) noexcept nogil:
-    memset(c, 0, sizeof(PClass))
+cdef int _ring_init(Lane *c) noexcept nogil:
     c.ring = <Entry **>PyMem_RawMalloc(MIN_RING * sizeof(Entry *))
     if c.ring == NULL:
         return -1
@@ -196,7 +227,7 @@ cdef int _ring_init(PClass *c) noexcept nogil:
     return 0
 
 
-cdef void _ring_free(PClass *c) noexcept nogil:
+cdef void _ring_free(Lane *c) noexcept nogil:
     PyMem_RawFree(c.ring)
     PyMem_RawFree(c.fen)
     PyMem_RawFree(c.pending)
@@ -205,11 +236,20 @@ cdef void _ring_free(PClass *c) noexcept nogil:
     c.pending = NULL
 
 
-cdef int _ring_reserve(PClass *c) noexcept nogil:
+cdef inline int _ring_reserve(Lane *c) noexcept nogil:
     """Make room for one more entry (double when full); -1 when out of memory."""
+    if c.ring != NULL and c.tail - c.head <= c.mask:
+        return 0
+    return _ring_grow(c)
+
+
+cdef int _ring_grow(Lane *c) noexcept nogil:
+    """_ring_reserve's slow part: allocate or double the ring."""
     cdef int64_t cap = c.mask + 1
     cdef int64_t s, mask
     cdef Entry **ring
+    if c.ring == NULL:
+        return _ring_init(c)
     if c.tail - c.head == cap:
         # Double: after copying the ring after itself, every seq's cell under the new
         # mask holds its entry; clear the other copy (same steps as the pure twin).
@@ -225,7 +265,7 @@ cdef int _ring_reserve(PClass *c) noexcept nogil:
     return 0
 
 
-cdef inline void _ring_push(PClass *c, Entry *e) noexcept nogil:
+cdef inline void _ring_push(Lane *c, Entry *e) noexcept nogil:
     # Room was reserved by _ring_reserve.
     e.seq = c.tail
     c.ring[c.tail & c.mask] = e
@@ -233,7 +273,7 @@ cdef inline void _ring_push(PClass *c, Entry *e) noexcept nogil:
     c.live += 1
 
 
-cdef void _pend(PClass *c, int64_t idx, bint plus) noexcept nogil:
+cdef void _pend(Lane *c, int64_t idx, bint plus) noexcept nogil:
     cdef int64_t *p
     cdef int64_t ncap
     if c.npending == c.pending_cap:
@@ -252,7 +292,7 @@ cdef void _pend(PClass *c, int64_t idx, bint plus) noexcept nogil:
         c.npending = 0
 
 
-cdef void _shrink(PClass *c) noexcept nogil:
+cdef void _shrink(Lane *c) noexcept nogil:
     # Halve in place: live seqs span < cap/2, so no two share a cell under the new mask.
     cdef int64_t half = (c.mask + 1) // 2
     cdef int64_t i
@@ -268,7 +308,7 @@ cdef void _shrink(PClass *c) noexcept nogil:
     c.npending = 0
 
 
-cdef void _after_head_moved(PClass *c) noexcept nogil:
+cdef void _after_head_moved(Lane *c) noexcept nogil:
     cdef Entry **ring = c.ring
     cdef int64_t mask = c.mask
     while c.dead and ring[c.head & mask] == NULL:
@@ -284,7 +324,7 @@ cdef void _after_head_moved(PClass *c) noexcept nogil:
         _shrink(c)
 
 
-cdef Entry *_ring_pop_head(PClass *c) noexcept nogil:
+cdef Entry *_ring_pop_head(Lane *c) noexcept nogil:
     cdef int64_t idx = c.head & c.mask
     cdef Entry *e = c.ring[idx]
     c.ring[idx] = NULL
@@ -294,7 +334,7 @@ cdef Entry *_ring_pop_head(PClass *c) noexcept nogil:
     return e
 
 
-cdef void _compact(PClass *c) noexcept nogil:
+cdef void _compact(Lane *c) noexcept nogil:
     cdef Entry **ring = c.ring
     cdef int64_t mask = c.mask
     cdef int64_t write = c.head
@@ -316,7 +356,7 @@ cdef void _compact(PClass *c) noexcept nogil:
         _shrink(c)
 
 
-cdef void _ring_remove(PClass *c, Entry *e) noexcept nogil:
+cdef void _ring_remove(Lane *c, Entry *e) noexcept nogil:
     cdef int64_t idx = e.seq & c.mask
     c.ring[idx] = NULL
     c.live -= 1
@@ -331,7 +371,7 @@ cdef void _ring_remove(PClass *c, Entry *e) noexcept nogil:
         _compact(c)
 
 
-cdef inline int64_t _fen_sum(PClass *c, int64_t i) noexcept nogil:
+cdef inline int64_t _fen_sum(Lane *c, int64_t i) noexcept nogil:
     cdef int64_t total = 0
     while i > 0:
         total += c.fen[i]
@@ -339,7 +379,7 @@ cdef inline int64_t _fen_sum(PClass *c, int64_t i) noexcept nogil:
     return total
 
 
-cdef int _fen_sync(PClass *c) noexcept nogil:
+cdef int _fen_sync(Lane *c) noexcept nogil:
     cdef int64_t n = c.mask + 1
     cdef int64_t i, j, s, k, code
     cdef int64_t *fen
@@ -373,7 +413,7 @@ cdef int _fen_sync(PClass *c) noexcept nogil:
     return 0
 
 
-cdef int64_t _rank(PClass *c, int64_t seq) noexcept nogil:
+cdef int64_t _rank(Lane *c, int64_t seq) noexcept nogil:
     """Live entries ahead of seq in the class, or -1 when out of memory."""
     cdef int64_t h, p, dead
     if not c.dead:
@@ -389,7 +429,7 @@ cdef int64_t _rank(PClass *c, int64_t seq) noexcept nogil:
     return seq - c.head - dead
 
 
-cdef inline void _lru_append(PClass *c, Entry *e) noexcept nogil:
+cdef inline void _lru_append(Lane *c, Entry *e) noexcept nogil:
     e.lru_next = NULL
     e.lru_prev = c.lru_last
     if c.lru_last == NULL:
@@ -399,7 +439,7 @@ cdef inline void _lru_append(PClass *c, Entry *e) noexcept nogil:
     c.lru_last = e
 
 
-cdef inline void _lru_unlink(PClass *c, Entry *e) noexcept nogil:
+cdef inline void _lru_unlink(Lane *c, Entry *e) noexcept nogil:
     if e.lru_prev == NULL:
         c.lru_first = e.lru_next
     else:
@@ -468,7 +508,7 @@ cdef void _table_insert(State *s, Entry *e) noexcept nogil:
     s.tcount += 1
 
 
-cdef void _table_delete_slot(State *s, uint64_t i) noexcept nogil:
+cdef inline void _table_delete_slot(State *s, uint64_t i) noexcept nogil:
     cdef uint64_t mask = s.tmask
     cdef uint64_t j = i
     cdef uint64_t k
@@ -488,7 +528,7 @@ cdef void _table_delete_slot(State *s, uint64_t i) noexcept nogil:
         _table_resize(s, (mask + 1) // 2)  # on failure the table just stays larger
 
 
-cdef void _table_delete(State *s, Entry *e) noexcept nogil:
+cdef inline void _table_delete(State *s, Entry *e) noexcept nogil:
     cdef uint64_t i = e.hash & s.tmask
     while s.table[i] != e:
         i = (i + 1) & s.tmask
@@ -538,6 +578,39 @@ cdef void _window(Stats *st, double now, int64_t *enq, int64_t *deq, double *win
     win[0] = <double>cur - start if <double>cur > start else 0.0
 
 
+cdef int64_t _rate(State *s, double now) noexcept nogil:
+    """Dequeues in the window at now (its length in s.rate_win), cached per second: the
+    window holds completed seconds only, so it cannot change within a second."""
+    cdef int64_t cur, lo, deq = 0
+    cdef double start
+    cdef int i
+    if s.rate_lo <= now < s.rate_hi:
+        return s.rate_deq
+    cur = _floor_i(now)
+    lo = cur - WINDOW_S
+    if lo < s.st.created_sec:
+        lo = s.st.created_sec
+    for i in range(WINDOW_SLOTS):
+        if lo <= s.st.win_sec[i] < cur:
+            deq += s.st.win_deq[i]
+    s.rate_deq = deq
+    # As _window(): the window starts at the queue's creation when that is later.
+    start = <double>(cur - WINDOW_S)
+    if s.st.created_at > start:
+        start = s.st.created_at
+    s.rate_win = <double>cur - start if <double>cur > start else 0.0
+    s.rate_ms = 1000.0 * s.rate_win / <double>deq if deq else 0.0
+    s.rate_lo = <double>cur
+    s.rate_hi = <double>(cur + 1)
+    return deq
+
+
+cdef double _rate_ms_slow(State *s, double now) noexcept nogil:
+    # Out of line: the first admission of a second recomputes the window.
+    _rate(s, now)
+    return s.rate_ms
+
+
 cdef int64_t _retry_after(int64_t n, int64_t deq, double win) noexcept nogil:
     cdef double ms
     if deq <= 0 or win <= 0:
@@ -562,6 +635,503 @@ cdef void _record_wait(Stats *st, double wait_ms, double now) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------
+# Round robin, tenants, deadline lanes (lock held, no GIL needed)
+
+cdef inline void _rot_insert(PClass *c, Lane *lane) noexcept nogil:
+    """A lane that becomes non-empty joins the round robin at the back (just before cur)."""
+    cdef Lane *cur = c.cur
+    if cur != NULL and cur.live == 0:
+        # The empty default lane, kept alone in the circle: it leaves for good now.
+        cur.rot_next = cur.rot_prev = NULL
+        c.cur = cur = NULL
+        c.nlanes = 0
+    if cur == NULL:
+        lane.rot_next = lane.rot_prev = lane
+        c.cur = lane
+    else:
+        lane.rot_prev = cur.rot_prev
+        lane.rot_next = cur
+        cur.rot_prev.rot_next = lane
+        cur.rot_prev = lane
+    c.nlanes += 1
+
+
+cdef inline void _rot_remove(PClass *c, Lane *lane) noexcept nogil:
+    """Take an emptied lane out of its class's round robin."""
+    cdef Lane *nxt = lane.rot_next
+    if nxt == lane:
+        c.cur = NULL
+    else:
+        lane.rot_prev.rot_next = nxt
+        nxt.rot_prev = lane.rot_prev
+        if c.cur == lane:
+            c.cur = nxt
+    lane.rot_next = lane.rot_prev = NULL
+    c.nlanes -= 1
+
+
+cdef int64_t _class_rank(PClass *c, Lane *lane, int64_t k) noexcept nogil:
+    """Jobs of the class the round robin hands out before lane's k-th (0-based) job: each lane
+    ahead of it in the circle gives up to k + 1 jobs first, each lane after it up to k, and
+    the lane itself k. O(number of non-empty lanes)."""
+    cdef int64_t ahead = k
+    cdef Lane *other = c.cur
+    while other != lane:
+        ahead += other.live if other.live <= k else k + 1
+        other = other.rot_next
+    other = lane.rot_next
+    while other != c.cur:
+        ahead += other.live if other.live < k else k
+        other = other.rot_next
+    return ahead
+
+
+cdef int64_t _tail_position(State *s, PClass *c, Lane *lane, int p) noexcept nogil:
+    """The position a job appended to lane would get (NULL: a tenant not queued yet)."""
+    cdef int64_t pos
+    if c.live == 0:
+        pos = 0
+    elif lane == NULL or lane.live == 0:
+        pos = c.nlanes  # a lane that joins the round robin goes last
+    elif lane.rot_next == lane:
+        pos = lane.live
+    else:
+        pos = _class_rank(c, lane, lane.live)
+    return pos + s.cls[0].live if p else pos
+
+
+cdef int64_t _rank_of(State *s, Entry *e) noexcept nogil:
+    """position() of a queued entry, or -1 when out of memory."""
+    cdef Lane *lane = e.lane
+    cdef int64_t k = _rank(lane, e.seq)
+    if k < 0:
+        return -1
+    if lane.rot_next != lane:
+        k = _class_rank(&s.cls[lane.prio], lane, k)
+    return k + s.cls[0].live if lane.prio else k
+
+
+cdef Lane *_victim_lane(PClass *c) noexcept nogil:
+    """DROP_LRU's lane in a non-empty class: the most jobs; ties: the latest in the round robin."""
+    cdef Lane *best = c.cur
+    cdef Lane *lane = best.rot_next
+    while lane != c.cur:
+        if lane.live >= best.live:
+            best = lane
+        lane = lane.rot_next
+    return best
+
+
+cdef inline int64_t _tokens_of(Entry *e) noexcept nogil:
+    return (<Task>e.task).tokens_c
+
+
+cdef Tenant *_tenant_find(State *s, PyObject *name, uint64_t h) noexcept nogil:
+    cdef Tenant *t
+    cdef Py_ssize_t n
+    cdef int kind
+    if s.ttable == NULL:
+        return NULL
+    n = _ulen(name)
+    kind = _ukind(name)
+    t = s.ttable[h & s.ttmask]
+    while t != NULL:
+        if t.hash == h and t.nchars == n and t.kind == kind and memcmp(t.name, _udata(name), <size_t>(n * kind)) == 0:
+            return t
+        t = t.next
+    return NULL
+
+
+cdef int _tenant_table_resize(State *s, uint64_t size) noexcept nogil:
+    cdef Tenant **table = <Tenant **>PyMem_RawMalloc(size * sizeof(Tenant *))
+    cdef Tenant *t
+    cdef Tenant *nxt
+    cdef uint64_t i
+    if table == NULL:
+        return -1
+    memset(table, 0, size * sizeof(Tenant *))
+    if s.ttable != NULL:
+        for i in range(s.ttmask + 1):
+            t = s.ttable[i]
+            while t != NULL:
+                nxt = t.next
+                t.next = table[t.hash & (size - 1)]
+                table[t.hash & (size - 1)] = t
+                t = nxt
+        PyMem_RawFree(s.ttable)
+    s.ttable = table
+    s.ttmask = size - 1
+    return 0
+
+
+cdef Tenant *_tenant_new(State *s, PyObject *name, uint64_t h) noexcept nogil:
+    """A record for a tenant that has no queued work (live 0), or NULL when out of memory."""
+    cdef Py_ssize_t n = _ulen(name)
+    cdef int kind = _ukind(name)
+    cdef Py_ssize_t nbytes = n * kind
+    cdef Tenant *t = s.tfree
+    cdef int p
+    if s.ttable == NULL:
+        if _tenant_table_resize(s, MIN_TENANT_TABLE) < 0:
+            return NULL
+    elif s.ttcount >= <int64_t>(s.ttmask + 1):
+        _tenant_table_resize(s, (s.ttmask + 1) * 2)  # on failure the chains just get longer
+    if t != NULL and t.name_cap >= nbytes:
+        # A tenant that comes and goes (one job at a time) reuses a record and its rings.
+        s.tfree = t.next
+        s.ntfree -= 1
+    else:
+        t = <Tenant *>PyMem_RawMalloc(sizeof(Tenant) + <size_t>(nbytes if nbytes > 32 else 32))
+        if t == NULL:
+            return NULL
+        memset(t, 0, sizeof(Tenant))
+        t.name_cap = nbytes if nbytes > 32 else 32
+        t.name = <char *>(t + 1)
+        for p in range(2):
+            t.lanes[p].mask = -1
+            t.lanes[p].prio = p
+            t.lanes[p].tenant = t
+    t.hash = h
+    t.nchars = n
+    t.kind = kind
+    memcpy(t.name, _udata(name), <size_t>nbytes)
+    t.next = s.ttable[h & s.ttmask]
+    s.ttable[h & s.ttmask] = t
+    s.ttcount += 1
+    return t
+
+
+cdef void _lane_release(Lane *c) noexcept nogil:
+    """Free an empty lane's arrays (it allocates them again when next used)."""
+    _ring_free(c)
+    c.mask = -1
+    c.head = c.tail = 0
+    c.fen_size = 0
+    c.fen_ok = False
+    c.npending = 0
+    c.pending_cap = 0
+
+
+cdef void _tenant_free(State *s, Tenant *t) noexcept nogil:
+    """Forget a tenant whose lanes are empty (the record may be kept for reuse)."""
+    cdef Tenant **link = &s.ttable[t.hash & s.ttmask]
+    cdef int p
+    while link[0] != t:
+        link = &link[0].next
+    link[0] = t.next
+    s.ttcount -= 1
+    if s.ntfree < TENANT_FREELIST:
+        for p in range(2):
+            if t.lanes[p].mask + 1 > MIN_RING:
+                _lane_release(&t.lanes[p])  # a grown ring is not kept
+        t.next = s.tfree
+        s.tfree = t
+        s.ntfree += 1
+        return
+    _ring_free(&t.lanes[0])
+    _ring_free(&t.lanes[1])
+    PyMem_RawFree(t)
+
+
+cdef DLane *_dlane_find(State *s, double max_wait_ms) noexcept nogil:
+    cdef int64_t i
+    for i in range(s.ndl):
+        if s.dlanes[i].max_wait_ms == max_wait_ms:
+            return s.dlanes[i]
+    return NULL
+
+
+cdef DLane *_dlane_new(State *s, double max_wait_ms) noexcept nogil:
+    """An empty deadline lane for max_wait_ms, or NULL when out of memory."""
+    cdef DLane **lanes
+    cdef DLane *d
+    cdef int64_t ncap
+    if s.ndl == s.dl_cap:
+        ncap = s.dl_cap * 2 if s.dl_cap else 4
+        lanes = <DLane **>PyMem_RawRealloc(s.dlanes, ncap * sizeof(DLane *))
+        if lanes == NULL:
+            return NULL
+        s.dlanes = lanes
+        s.dl_cap = ncap
+    d = <DLane *>PyMem_RawMalloc(sizeof(DLane))
+    if d == NULL:
+        return NULL
+    memset(d, 0, sizeof(DLane))
+    d.max_wait_ms = max_wait_ms
+    d.head.dl_next = d.head.dl_prev = &d.head
+    s.dlanes[s.ndl] = d
+    s.ndl += 1
+    return d
+
+
+cdef inline double _due_hint(double enqueued_at, double max_wait_ms) noexcept nogil:
+    # A lower bound (by far more than any rounding) of the first instant at which
+    # (now - enqueued_at) * 1000.0 > max_wait_ms can hold: the sweep itself decides exactly.
+    return enqueued_at + max_wait_ms / 1000.0 - (fabs(enqueued_at) + max_wait_ms / 1000.0 + 1.0) * 1e-9
+
+
+cdef inline void _dl_unlink(State *s, Entry *e) noexcept nogil:
+    e.dl_prev.dl_next = e.dl_next
+    e.dl_next.dl_prev = e.dl_prev
+    e.dl_prev = e.dl_next = NULL
+    s.dl_jobs -= 1
+
+
+cdef inline void _set_left_at(Entry *e, double t) noexcept nogil:
+    memcpy(&e.hash, &t, sizeof(double))
+
+
+cdef inline double _left_at(Entry *e) noexcept nogil:
+    cdef double t
+    memcpy(&t, &e.hash, sizeof(double))
+    return t
+
+
+cdef void _remove(State *s, Entry *e) noexcept nogil:
+    """Unlink a queued entry from everything but the job-id index (cancel, evict, expire)."""
+    cdef Lane *lane = e.lane
+    cdef PClass *c = &s.cls[lane.prio]
+    cdef Tenant *t = lane.tenant
+    cdef int64_t tokens
+    _ring_remove(lane, e)
+    _lru_unlink(lane, e)
+    c.live -= 1
+    if s.budget:
+        tokens = _tokens_of(e)
+        c.tokens -= tokens
+        s.queued_tokens -= tokens
+    if e.dl_next != NULL:
+        _dl_unlink(s, e)
+    if lane.live == 0:
+        _rot_remove(c, lane)
+    if t != NULL:
+        t.live -= 1
+        if t.live == 0:
+            _tenant_free(s, t)  # frees the lane too
+
+
+cdef Entry *_pop_rr(State *s, PClass *c) noexcept nogil:
+    """Remove and return the entry dequeue would take from a non-empty class (no stats)."""
+    cdef Lane *lane = c.cur
+    cdef Entry *e = lane.ring[lane.head & lane.mask]
+    cdef bint stays = lane.live > 1
+    cdef Lane *nxt = lane.rot_next
+    _remove(s, e)  # may free the lane (its tenant's last job)
+    if stays:
+        c.cur = nxt
+    return e
+
+
+cdef inline void _wake_all(Waiter **first, Waiter **last) noexcept nogil:
+    cdef Waiter *w
+    while first[0] != NULL:
+        w = first[0]
+        first[0] = w.next
+        w.next = w.prev = NULL
+        w.woken = True
+        PyThread_release_lock(w.lock)
+    last[0] = NULL
+
+
+cdef void _sweep(State *s, double now) noexcept nogil:
+    """Expire every job whose wait at now exceeds its max_wait_ms, earliest deadline first
+    (ties: the shorter max_wait_ms); O(deadline lanes) per expired job."""
+    cdef DLane *best
+    cdef DLane *d
+    cdef Entry *h
+    cdef Entry *e
+    cdef double best_due = 0.0, due, mw
+    cdef int64_t i, j, expired = 0
+    while True:
+        best = NULL
+        for i in range(s.ndl):
+            d = s.dlanes[i]
+            h = d.head.dl_next
+            if h == &d.head:
+                continue
+            mw = d.max_wait_ms
+            if (now - h.enqueued_at) * 1000.0 > mw:
+                due = h.enqueued_at + mw / 1000.0
+                if best == NULL or due < best_due or (due == best_due and mw < best.max_wait_ms):
+                    best = d
+                    best_due = due
+        if best == NULL:
+            break
+        e = best.head.dl_next
+        _remove(s, e)
+        _table_delete(s, e)
+        _set_left_at(e, now)
+        e.lru_next = NULL
+        if s.exp_last == NULL:
+            s.exp_first = e
+        else:
+            s.exp_last.lru_next = e
+        s.exp_last = e
+        expired += 1
+    s.st.expired += expired
+    due = INFINITY
+    j = 0
+    for i in range(s.ndl):
+        d = s.dlanes[i]
+        h = d.head.dl_next
+        if h == &d.head:
+            PyMem_RawFree(d)
+        else:
+            s.dlanes[j] = d
+            j += 1
+            mw = _due_hint(h.enqueued_at, d.max_wait_ms)
+            if mw < due:
+                due = mw
+    s.ndl = j
+    s.dl_due = due
+    if expired and s.room_first != NULL:
+        _wake_all(&s.room_first, &s.room_last)
+
+
+cdef int _enqueue_general(State *s, Entry *e, Admit *a, Lane **lane_out) noexcept nogil:
+    """Every admission but the plain task with room: tenants, deadlines, budgets, refusals and
+    DROP_LRU evictions. On OK the entry's lane has room reserved and is in lane_out."""
+    cdef PClass *inter = &s.cls[0]
+    cdef int p = a.prio
+    cdef PClass *c = &s.cls[p]
+    cdef Lane *lane = &c.dflt
+    cdef Tenant *tr = NULL
+    cdef DLane *dl = NULL
+    cdef PClass *vc
+    cdef Entry *v
+    cdef Entry *vlast = NULL
+    cdef int64_t depth, n_el, t_el, deq, n
+    cdef double win, d
+    cdef bint has_mw = a.max_wait > 0
+    cdef int code = OK
+    cdef int full = OK
+    a.victims = NULL
+    a.nvict = 0
+    a.ahead = 0
+    a.retry_ms = 0
+    a.used = 0
+    a.pred_ms = 0.0
+    a.ms_per_job = 0.0
+    if s.closed:
+        code = CLOSED
+    elif s.max_tokens_limit and a.max_tokens > s.max_tokens_limit:
+        code = OVER_LIMIT
+    elif s.budget and a.tokens > s.budget:
+        code = OVER_BUDGET
+    elif a.has_key and _find(s, a.key, NULL) != NULL:
+        code = DUPLICATE
+    else:
+        if a.tenant != NULL:
+            tr = _tenant_find(s, a.tenant, a.thash)
+            if tr == NULL:
+                lane = NULL
+            else:
+                lane = &tr.lanes[p]
+                if s.tenant_cap and tr.live >= s.tenant_cap:
+                    code = TENANT_CAP
+                    a.ahead = tr.live
+        if code == OK:
+            # The position it would get: O(1) without tenants.
+            if lane != NULL and (lane.rot_next == lane or c.nlanes == 0):
+                a.position = lane.live + (inter.live if p else 0)
+            else:
+                a.position = _tail_position(s, c, lane, p)
+            depth = inter.live + s.cls[1].live
+            if depth >= s.capacity:
+                full = FULL
+            elif s.budget and s.queued_tokens + a.tokens > s.budget:
+                full = FULL_TOKENS
+            if s.policy == 2:  # FAIL_FAST
+                if a.position:
+                    code = AHEAD
+                    a.ahead = a.position
+                else:
+                    code = full
+            elif full != OK:
+                if s.policy == 1 and a.waiter == NULL:
+                    # DROP_LRU: only if evicting every job it may evict makes room.
+                    n_el = s.cls[1].live
+                    t_el = s.cls[1].tokens
+                    if p == 0:
+                        n_el += inter.live
+                        t_el += inter.tokens
+                    if depth - n_el >= s.capacity:
+                        code = FULL
+                    elif s.budget and s.queued_tokens - t_el + a.tokens > s.budget:
+                        code = FULL_TOKENS
+                else:
+                    code = full
+            if code == OK and has_mw and a.position and s.feasible:
+                deq = _rate(s, a.now)
+                if deq:
+                    win = s.rate_win
+                    a.pred_ms = <double>a.position * s.rate_ms
+                    if a.pred_ms > a.max_wait:
+                        code = UNMEETABLE
+                        a.ahead = a.position
+                        n = a.position - <int64_t>floor(a.max_wait * <double>deq / (1000.0 * win))
+                        a.retry_ms = _retry_after(n if n > 0 else 1, deq, win)
+            if code == OK:
+                # Reserve memory first, so a failure leaves the queue as it was.
+                if has_mw:
+                    dl = _dlane_find(s, a.max_wait)
+                    if dl == NULL:
+                        dl = _dlane_new(s, a.max_wait)
+                        if dl == NULL:
+                            return NOMEM
+                if a.tenant != NULL and tr == NULL:
+                    tr = _tenant_new(s, a.tenant, a.thash)
+                    if tr == NULL:
+                        return NOMEM
+                if tr != NULL:
+                    lane = &tr.lanes[p]
+                if _ring_reserve(lane) < 0:
+                    if tr != NULL and tr.live == 0:
+                        _tenant_free(s, tr)
+                    return NOMEM
+    if code == OK:
+        if tr != NULL:
+            tr.live += 1  # counted before evicting: an eviction cannot free it
+        if full != OK:  # DROP_LRU: evict until both bounds fit
+            while inter.live + s.cls[1].live >= s.capacity or (
+                s.budget and s.queued_tokens + a.tokens > s.budget
+            ):
+                vc = &s.cls[1] if s.cls[1].live else inter
+                v = _victim_lane(vc).lru_first
+                _remove(s, v)
+                _table_delete(s, v)
+                if vlast == NULL:
+                    a.victims = v
+                else:
+                    vlast.lru_next = v
+                vlast = v
+                a.nvict += 1
+            s.st.evicted += a.nvict
+            a.position = _tail_position(s, c, lane, p)
+        if has_mw:
+            e.dl_prev = dl.head.dl_prev
+            e.dl_next = &dl.head
+            dl.head.dl_prev.dl_next = e
+            dl.head.dl_prev = e
+            s.dl_jobs += 1
+            if e.dl_prev == &dl.head:
+                d = _due_hint(a.now, a.max_wait)
+                if d < s.dl_due:
+                    s.dl_due = d
+        lane_out[0] = lane
+        return OK
+    if a.waiter != NULL and (code == FULL or code == FULL_TOKENS or code == AHEAD or code == UNMEETABLE):
+        _link_waiter(&s.room_first, &s.room_last, a.waiter)
+        return WAIT
+    s.st.rejected[_reason_index(code)] += 1
+    if code == FULL or code == FULL_TOKENS or code == AHEAD:
+        deq = _rate(s, a.now)
+        a.retry_ms = _retry_after(a.ahead if code == AHEAD else 1, deq, s.rate_win)
+        a.used = s.queued_tokens
+    return code
+
+
+# ---------------------------------------------------------------------------------------
 # Value types
 
 
@@ -571,13 +1141,18 @@ cdef class Task:
     """A request to run: what the front end admits.
 
     ``Task(model, max_tokens, session_id=None, *, priority=Priority.INTERACTIVE,
-    job_id=None, payload=None)``. ``job_id`` lets the caller choose the id (it must not be
-    queued already); ``payload`` is carried untouched. Immutable.
+    job_id=None, payload=None, tenant=None, max_wait_ms=None, prompt_tokens=None)``.
+    ``job_id`` lets the caller choose the id (it must not be queued already); ``payload`` is
+    carried untouched; ``tenant`` names who the work is for (round-robin fairness and
+    per-tenant caps); ``max_wait_ms`` is the longest the job may wait in the queue before it
+    expires; ``prompt_tokens`` counts, with ``max_tokens``, against ``max_queued_tokens``.
+    Immutable.
     """
 
     __match_args__ = ("model", "max_tokens", "session_id")
 
-    def __init__(self, model, max_tokens, session_id=None, *, priority=_INTERACTIVE, job_id=None, payload=None):
+    def __init__(self, model, max_tokens, session_id=None, *, priority=_INTERACTIVE, job_id=None, payload=None,
+                 tenant=None, max_wait_ms=None, prompt_tokens=None):
         if (
             type(model) is not str
             or not model
@@ -598,18 +1173,39 @@ cdef class Task:
             _raise_task_error(model, max_tokens, session_id, priority, job_id)
         if job_id is not None:
             job_id = _check_job_id(job_id)
+        if tenant is not None:
+            tenant = _check_tenant(tenant)
+        self.max_wait_c = 0.0
+        if max_wait_ms is not None:
+            max_wait_ms = _check_max_wait_ms(max_wait_ms)
+            self.max_wait_c = max_wait_ms
+        tokens = max_tokens
+        if prompt_tokens is not None:
+            tokens = max_tokens + _check_prompt_tokens(prompt_tokens)
         self.max_tokens_c = max_tokens if max_tokens < 2**62 else 2**62
+        self.tokens_c = tokens if tokens < 2**62 else 2**62
         self.model = model
         self.max_tokens = max_tokens
         self.session_id = session_id
         self.priority = _PRIORITIES[self.prio]
         self.job_id = job_id
         self.payload = payload
+        self.tenant = tenant
+        self.max_wait_ms = max_wait_ms
+        self.prompt_tokens = prompt_tokens
+        self.tokens = tokens
 
     def __repr__(self):
+        extra = ""
+        if self.tenant is not None:
+            extra += f", tenant={self.tenant!r}"
+        if self.max_wait_ms is not None:
+            extra += f", max_wait_ms={self.max_wait_ms!r}"
+        if self.prompt_tokens is not None:
+            extra += f", prompt_tokens={self.prompt_tokens!r}"
         return (
             f"Task(model={self.model!r}, max_tokens={self.max_tokens!r}, session_id={self.session_id!r}, "
-            f"priority={self.priority.value!r}, job_id={self.job_id!r})"
+            f"priority={self.priority.value!r}, job_id={self.job_id!r}{extra})"
         )
 
 
@@ -634,7 +1230,7 @@ cdef inline str _own_id(str prefix_dash, uint64_t counter):
 @cython.final
 @cython.freelist(32)
 cdef class Job:
-    """A queued task as it leaves the queue (dequeued, drained or evicted).
+    """A queued task as it leaves the queue (dequeued, drained, evicted or expired).
 
     ``wait_ms`` is the time it spent queued, fixed when it left; ``enqueued_at`` is in
     seconds on the queue's clock.
@@ -686,16 +1282,27 @@ cdef Job _make_job(Queue q, Entry *e, double now):
 @cython.final
 @cython.freelist(32)
 cdef class Accepted:
-    """The task was admitted: ``job_id``, its ``position`` (0 = next) and the job it
-    ``evicted`` under DROP_LRU (or None). Immutable; ``match Accepted(job_id=..)``."""
+    """The task was admitted: ``job_id``, its ``position`` (0 = next), the job it ``evicted``
+    under DROP_LRU (or None) and an advisory ``eta_ms``. Immutable; ``match Accepted(job_id=..)``.
+
+    ``evicted`` is the first evicted job; ``evicted_all`` is every job evicted to make room
+    (more than one when a token budget needed it), in eviction order.
+    """
 
     __match_args__ = ("job_id", "position", "evicted")
     accepted = True
 
-    def __init__(self, str job_id, Py_ssize_t position, Job evicted=None):
+    def __init__(self, str job_id, Py_ssize_t position, Job evicted=None, *, eta_ms=None, evicted_all=None):
         self._job_id = job_id
         self.position = position
+        if evicted_all is not None:
+            evicted_all = tuple(evicted_all)
+            if evicted is None and evicted_all:
+                evicted = evicted_all[0]
         self.evicted = evicted
+        self._evicted_all = evicted_all
+        self._eta_kind = 0 if eta_ms is None else 1
+        self._eta = float(eta_ms) if eta_ms is not None else 0.0
 
     @property
     def job_id(self):
@@ -707,17 +1314,47 @@ cdef class Accepted:
             return s
         return self._job_id
 
+    @property
+    def evicted_all(self):
+        """Every job evicted to make room, in eviction order (empty when none)."""
+        if self._evicted_all is not None:
+            return self._evicted_all
+        return () if self.evicted is None else (self.evicted,)
+
+    @property
+    def eta_ms(self):
+        """Advisory: milliseconds until the jobs ahead drain at the measured dequeue rate
+        (``position`` over the rate of the metrics window), or None when nothing was dequeued
+        in the window."""
+        if self._eta_kind == 2:
+            return <double>self.position * self._eta
+        return self._eta if self._eta_kind else None
+
     def __eq__(self, other):
         if type(other) is not Accepted:
             return NotImplemented
         cdef Accepted o = <Accepted>other
-        return self.job_id == o.job_id and self.position == o.position and self.evicted is o.evicted
+        mine = self.evicted_all
+        theirs = o.evicted_all
+        return (
+            self.job_id == o.job_id
+            and self.position == o.position
+            and self.evicted is o.evicted
+            and self.eta_ms == o.eta_ms
+            and len(mine) == len(theirs)
+            and all(a is b for a, b in zip(mine, theirs, strict=True))
+        )
 
     def __hash__(self):
-        return hash((self.job_id, self.position, id(self.evicted)))
+        return hash((self.job_id, self.position, id(self.evicted), self.eta_ms))
 
     def __repr__(self):
-        return f"Accepted(job_id={self.job_id!r}, position={self.position!r}, evicted={self.evicted!r})"
+        extra = ""
+        if self._eta_kind:
+            extra += f", eta_ms={self.eta_ms!r}"
+        if len(self.evicted_all) > 1:
+            extra += f", evicted_all={self.evicted_all!r}"
+        return f"Accepted(job_id={self.job_id!r}, position={self.position!r}, evicted={self.evicted!r}{extra})"
 
 
 @cython.final
@@ -737,8 +1374,8 @@ cdef class Rejected:
 
     @property
     def retriable(self):
-        """True when the same task may be admitted later (``QUEUE_FULL``)."""
-        return self.reason is _FULL_R
+        """True when the same task may be admitted later (``QUEUE_FULL``, ``DEADLINE_UNMEETABLE``)."""
+        return self.reason is _FULL_R or self.reason is _UNMEETABLE_R
 
     def to_http(self):
         """``(status, headers, body)`` for an HTTP front (see ``orchestrator_core.http``)."""
@@ -788,29 +1425,49 @@ cdef void _free_entry(Entry *e):
 
 
 cdef class Queue:
-    """A bounded admission queue: FIFO per priority, INTERACTIVE before BATCH.
+    """A bounded admission queue: INTERACTIVE before BATCH; within a priority, round robin
+    over tenants and FIFO within a tenant (plain FIFO when no task names a tenant).
 
     ``Queue(capacity, policy=AdmissionPolicy.REJECT_NEW, *, pool_id="default", clock=None,
-    max_tokens_limit=None, id_prefix=None)``. Every method is atomic and thread-safe;
-    ``enqueue`` never blocks and returns ``Accepted`` or ``Rejected``.
+    max_tokens_limit=None, id_prefix=None, max_wait_ms=None, admit_only_feasible=False,
+    max_queued_per_tenant=None, max_queued_tokens=None)``. Every method is atomic and
+    thread-safe; ``enqueue`` returns ``Accepted`` or ``Rejected`` and waits for room only
+    when asked to (``wait=``).
+
+    ``max_wait_ms`` is the deadline of tasks that set none: a job that has waited longer is
+    never dequeued; it expires and is handed over by ``take_expired()``. With
+    ``admit_only_feasible`` a task whose predicted wait already exceeds its deadline is
+    refused (``DEADLINE_UNMEETABLE``). ``max_queued_per_tenant`` caps each named tenant's
+    queued jobs (``POLICY_VIOLATION``); ``max_queued_tokens`` bounds the queued jobs' tokens
+    (``Task.tokens``) alongside the job count, and the policy applies to whichever bound is hit.
     """
 
     def __cinit__(self):
+        cdef int p
         memset(&self.s, 0, sizeof(State))
-        if _ring_init(&self.s.cls[0]) < 0 or _ring_init(&self.s.cls[1]) < 0:
-            raise MemoryError()
+        for p in range(2):
+            self.s.cls[p].dflt.prio = p
+            if _ring_init(&self.s.cls[p].dflt) < 0:
+                raise MemoryError()
         self.s.table = <Entry **>PyMem_RawMalloc(MIN_TABLE * sizeof(Entry *))
         if self.s.table == NULL:
             raise MemoryError()
         memset(self.s.table, 0, MIN_TABLE * sizeof(Entry *))
         self.s.tmask = MIN_TABLE - 1
         self.s.next_id = 1
+        self.s.dl_due = INFINITY
+        self.s.rate_lo = INFINITY
+        self.s.rate_hi = -INFINITY
         _LIVE_QUEUES.add(self)
 
     def __init__(self, capacity, policy=AdmissionPolicy.REJECT_NEW, *, pool_id="default", clock=None,
-                 max_tokens_limit=None, id_prefix=None):
+                 max_tokens_limit=None, id_prefix=None, max_wait_ms=None, admit_only_feasible=False,
+                 max_queued_per_tenant=None, max_queued_tokens=None):
         cap, pol, pool, clk, limit, prefix = _check_queue_args(
             capacity, policy, pool_id, clock, max_tokens_limit, id_prefix
+        )
+        max_wait, feasible, tenant_cap, budget = _check_feature_args(
+            max_wait_ms, admit_only_feasible, max_queued_per_tenant, max_queued_tokens
         )
         self.s.capacity = cap
         self._policy = pol
@@ -818,6 +1475,10 @@ cdef class Queue:
         self._pool_id = pool
         self._clock = clk
         self.s.max_tokens_limit = limit
+        self.s.max_wait = max_wait if max_wait is not None else 0.0
+        self.s.feasible = feasible
+        self.s.tenant_cap = tenant_cap
+        self.s.budget = budget
         self._prefix = prefix
         self._prefix_dash = prefix + "-"
         self._prefix_dash_b = self._prefix_dash.encode("ascii")
@@ -831,15 +1492,57 @@ cdef class Queue:
 
     def __dealloc__(self):
         cdef Entry *e
-        cdef int p
+        cdef Entry *nxt
+        cdef Tenant *t
+        cdef Tenant *tnext
+        cdef int p, q
         cdef int64_t sq
+        cdef uint64_t b
+        cdef Lane *lane
         for p in range(2):
-            if self.s.cls[p].ring != NULL:
-                for sq in range(self.s.cls[p].head, self.s.cls[p].tail):
-                    e = self.s.cls[p].ring[sq & self.s.cls[p].mask]
+            lane = &self.s.cls[p].dflt
+            if lane.ring != NULL:
+                for sq in range(lane.head, lane.tail):
+                    e = lane.ring[sq & lane.mask]
                     if e != NULL:
                         _free_entry(e)
-            _ring_free(&self.s.cls[p])
+            _ring_free(lane)
+        if self.s.ttable != NULL:
+            for b in range(self.s.ttmask + 1):
+                t = self.s.ttable[b]
+                while t != NULL:
+                    tnext = t.next
+                    for q in range(2):
+                        lane = &t.lanes[q]
+                        if lane.ring != NULL:
+                            for sq in range(lane.head, lane.tail):
+                                e = lane.ring[sq & lane.mask]
+                                if e != NULL:
+                                    _free_entry(e)
+                        _ring_free(lane)
+                    PyMem_RawFree(t)
+                    t = tnext
+            PyMem_RawFree(self.s.ttable)
+            self.s.ttable = NULL
+        t = self.s.tfree
+        while t != NULL:
+            tnext = t.next
+            _ring_free(&t.lanes[0])
+            _ring_free(&t.lanes[1])
+            PyMem_RawFree(t)
+            t = tnext
+        self.s.tfree = NULL
+        e = self.s.exp_first
+        while e != NULL:
+            nxt = e.lru_next
+            _free_entry(e)
+            e = nxt
+        self.s.exp_first = self.s.exp_last = NULL
+        if self.s.dlanes != NULL:
+            for sq in range(self.s.ndl):
+                PyMem_RawFree(self.s.dlanes[sq])
+            PyMem_RawFree(self.s.dlanes)
+            self.s.dlanes = NULL
         PyMem_RawFree(self.s.table)
         self.s.table = NULL
 
@@ -857,6 +1560,20 @@ cdef class Queue:
         if type(value) is float and isfinite(<double>value):
             return <double>value
         return _check_clock_value(value)
+
+    cdef inline double _now_dl(self) except? -1.0:
+        # The clock is read only while some queued job has a deadline (an overdue job is
+        # expired before any operation looks at the queue); otherwise -inf: no sweep.
+        if self.s.dl_jobs:
+            return self._now()
+        return -INFINITY
+
+    cdef void _sweep_now(self) except *:
+        cdef double now = self._now()
+        oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
+        oc_unlock(&self._lock)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -879,15 +1596,39 @@ cdef class Queue:
         """True once ``close()`` was called."""
         return self.s.closed
 
+    @property
+    def max_wait_ms(self):
+        """Deadline of the tasks that set no ``max_wait_ms`` (None: they never expire)."""
+        return self.s.max_wait if self.s.max_wait > 0 else None
+
+    @property
+    def admit_only_feasible(self):
+        """Whether a task whose predicted wait exceeds its deadline is refused at once."""
+        return self.s.feasible
+
+    @property
+    def max_queued_per_tenant(self):
+        """Most jobs a named tenant may have queued (None: no cap)."""
+        return self.s.tenant_cap or None
+
+    @property
+    def max_queued_tokens(self):
+        """Bound on the queued jobs' ``Task.tokens`` (None: no bound)."""
+        return self.s.budget or None
+
     def capacity(self):
         """The most jobs the queue holds."""
         return self.s.capacity
 
     def depth(self):
-        """Jobs queued now."""
+        """Jobs queued now (overdue jobs expire first)."""
+        if self.s.dl_jobs:
+            self._sweep_now()
         return self.s.cls[0].live + self.s.cls[1].live
 
     def __len__(self):
+        if self.s.dl_jobs:
+            self._sweep_now()
         return self.s.cls[0].live + self.s.cls[1].live
 
     def __repr__(self):
@@ -927,160 +1668,159 @@ cdef class Queue:
         return False
 
     # -- admission --------------------------------------------------------------------
-    cdef int _enqueue_locked(self, Entry *e, int64_t max_tokens, Key *k, bint has_key, double now,
-                             Entry **victim, int64_t *position, int64_t *ahead, int64_t *retry_ms) noexcept nogil:
-        cdef State *s = &self.s
-        cdef PClass *inter = &s.cls[0]
-        cdef PClass *c
-        cdef int p = e.prio
-        cdef int64_t depth, enq, deq
-        cdef double win
-        cdef bint slots[WINDOW_SLOTS]
-        cdef int code = OK
-        cdef int slot
-        cdef Waiter *w
-        victim[0] = NULL
-        if s.closed:
-            code = CLOSED
-        elif s.max_tokens_limit and max_tokens > s.max_tokens_limit:
-            code = OVER_LIMIT
-        elif has_key and _find(s, k, NULL) != NULL:
-            code = DUPLICATE
-        else:
-            depth = inter.live + s.cls[1].live
-            if s.policy == 2:
-                ahead[0] = inter.live if p == 0 else depth
-                if ahead[0]:
-                    code = AHEAD
-                elif depth >= s.capacity:
-                    code = FULL
-            elif depth >= s.capacity:
-                if s.policy == 1:
-                    if s.cls[1].live:
-                        victim[0] = s.cls[1].lru_first
-                    elif p == 0:
-                        victim[0] = inter.lru_first
-                    else:
-                        code = FULL
-                else:
-                    code = FULL
-        if code == OK:
-            # Reserve memory first, so a failure leaves everything as it was.
-            c = &s.cls[p]
-            if _ring_reserve(c) < 0:
-                return NOMEM
-            if victim[0] != NULL:
-                _ring_remove(&s.cls[victim[0].prio], victim[0])
-                _lru_unlink(&s.cls[victim[0].prio], victim[0])
-                _table_delete(s, victim[0])
-                s.st.evicted += 1
-            if has_key:
-                e.key_str = k.key_str
-                e.counter = k.counter
-                e.hash = k.hash
-                if k.key_str == NULL and k.counter >= s.next_id:
-                    s.next_id = k.counter + 1
-            else:
-                e.key_str = NULL
-                e.counter = s.next_id
-                e.hash = _mix(s.next_id)
-                s.next_id += 1
-            position[0] = inter.live if p == 0 else inter.live + s.cls[1].live
-            _ring_push(c, e)
-            _lru_append(c, e)
-            _table_insert(s, e)
-            s.st.accepted += 1
-            slot = _cur_slot(&s.st, now)
-            s.st.win_enq[slot] += 1
-            w = s.wait_first
-            if w != NULL:
-                _unlink_waiter(s, w)
-                w.woken = True
-                PyThread_release_lock(w.lock)
-            return OK
-        s.st.rejected[_reason_index(code)] += 1
-        retry_ms[0] = 0
-        if code == FULL or code == AHEAD:
-            _window(&s.st, now, &enq, &deq, &win, slots)
-            retry_ms[0] = _retry_after(ahead[0] if code == AHEAD else 1, deq, win)
-        return code
+    def enqueue(self, task, wait=_ZERO):
+        """Admit ``task`` or refuse it.
 
-    def enqueue(self, task):
-        """Admit ``task`` or refuse it; never blocks.
-
-        Returns ``Accepted(job_id, position, evicted)`` or ``Rejected(reason, ...)``;
-        raises ``TypeError`` when ``task`` is not a ``Task``.
+        Returns ``Accepted(job_id, position, evicted)`` or ``Rejected(reason, ...)``; raises
+        ``TypeError`` when ``task`` is not a ``Task``. ``wait=0`` (default) never blocks; a
+        number of seconds (or None: until room or close) first waits for room when the queue
+        would refuse the task with a retriable reason (full, or its deadline unmeetable),
+        without holding the lock and with the GIL released, then decides by the policy
+        (DROP_LRU evicts only then).
         """
         if type(task) is not Task:
             raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
+        if not (wait is _ZERO or ((type(wait) is float or type(wait) is int) and wait == 0)):
+            return self._enqueue_waiting(<Task>task, _check_timeout(wait, "wait"))
+        # _attempt(self, task, NULL), inlined: this is the hot path.
         cdef Task t = <Task>task
         cdef double now = self._now()
         cdef Key k
-        cdef bint has_key = t.job_id is not None
-        cdef Entry *victim = NULL
-        cdef int64_t position = 0, ahead = 0, retry_ms = 0
+        cdef Admit a
         cdef int code
-        cdef Entry *e = <Entry *>PyMem_Malloc(sizeof(Entry))
-        if e == NULL:
-            raise MemoryError()
-        if has_key:
-            self._make_key(<str>t.job_id, &k)
-        e.task = <PyObject *>t
-        e.prio = t.prio
-        e.enqueued_at = now
-        e.lru_prev = e.lru_next = NULL
-        cdef int64_t max_tokens = t.max_tokens_c
+        cdef Entry *e
         cdef PyObject *key_str = NULL
         cdef uint64_t counter = 0
-        cdef Accepted res = Accepted.__new__(Accepted)
-        # The entry's references are taken before the entry becomes visible: once the lock
-        # is released a consumer may dequeue and free it (at once on a free-threaded build,
-        # or whenever the GIL is released around the locked part).
+        cdef Accepted res
+        a.has_key = t.job_id is not None
+        if a.has_key:
+            self._make_key(<str>t.job_id, &k)
+        a.tenant = NULL
+        if t.tenant is not None:
+            a.tenant = <PyObject *>t.tenant
+            a.thash = <uint64_t>PyObject_Hash(t.tenant)
+        _admit_args(&self.s, t, &a, &k, NULL, now)
+        e = <Entry *>PyMem_Malloc(sizeof(Entry))
+        if e == NULL:
+            raise MemoryError()
+        e.task = <PyObject *>t
+        e.enqueued_at = now
+        e.lru_prev = e.lru_next = NULL
+        e.dl_next = NULL  # (dl_prev is only read when dl_next is set)
+        res = Accepted.__new__(Accepted)
+        # The entry's references are taken before the entry becomes visible (see _attempt).
         Py_INCREF(t)
-        if has_key and k.key_str != NULL:
+        if a.has_key and k.key_str != NULL:
             Py_INCREF(<object>k.key_str)
         if _release_gil:
             with nogil:
                 oc_lock(&self._lock)
-                code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
+                code = _enqueue_locked(self, e, &a)
                 key_str = e.key_str
                 counter = e.counter
                 oc_unlock(&self._lock)
         else:
             oc_lock(&self._lock)
-            code = self._enqueue_locked(e, max_tokens, &k, has_key, now, &victim, &position, &ahead, &retry_ms)
+            code = _enqueue_locked(self, e, &a)
             key_str = e.key_str
             counter = e.counter
             oc_unlock(&self._lock)
         if code != OK:
-            Py_DECREF(t)
-            if has_key and k.key_str != NULL:
-                Py_DECREF(<object>k.key_str)
-            PyMem_Free(e)
-            if code == NOMEM:
-                raise MemoryError()
-            return _make_rejected(_reason_of(code), retry_ms, self._policy, self._refusal_message(code, t, ahead))
+            return _refused(self, t, e, &a, &k, code)
         # From here on `e` may already be gone; only the copies taken under the lock are used.
         if key_str == NULL:
             res._prefix_dash = self._prefix_dash
             res._counter = counter
         else:
             res._job_id = <object>key_str  # alive: the task we hold references it as its job_id
-        res.position = position
-        if victim != NULL:
-            res.evicted = _make_job(self, victim, now)
-            _free_entry(victim)
+        res.position = a.position
+        if a.ms_per_job > 0:
+            res._eta_kind = 2
+            res._eta = a.ms_per_job
+        if a.victims != NULL:
+            _report_victims(self, res, &a, now)
         return res
 
-    def _refusal_message(self, int code, Task task, int64_t ahead):
+    cdef object _enqueue_waiting(self, Task t, double timeout):
+        cdef double deadline = _mono() + timeout if timeout > 0 else 0.0
+        cdef double remaining
+        cdef Waiter w
+        cdef PyLockStatus r
+        cdef long long us
+        while True:
+            if timeout > 0 and _mono() >= deadline:
+                timeout = 0.0  # the last attempt decides by the policy
+            if timeout == 0:
+                return _attempt(self, t, NULL)
+            w.lock = PyThread_allocate_lock()
+            if w.lock == NULL:
+                raise MemoryError()
+            PyThread_acquire_lock(w.lock, 1)
+            w.woken = False
+            try:
+                res = _attempt(self, t, &w)
+            except BaseException:
+                PyThread_free_lock(w.lock)  # never registered: registration is the last step
+                raise
+            if res is not None:
+                PyThread_free_lock(w.lock)
+                return res
+            # Registered as a room waiter: wait for dequeue/cancel/expiry/close (GIL released).
+            while True:
+                if timeout < 0:
+                    us = -1
+                else:
+                    remaining = deadline - _mono()
+                    if remaining <= 0:
+                        break
+                    us = <long long>(remaining * 1e6)
+                    if us > PY_TIMEOUT_MAX:
+                        us = PY_TIMEOUT_MAX
+                with nogil:
+                    r = PyThread_acquire_lock_timed(w.lock, us, 1)
+                if r != PY_LOCK_INTR:
+                    break
+                try:
+                    _check_signals()
+                except BaseException:
+                    oc_lock(&self._lock)
+                    if not w.woken:
+                        _unlink_waiter(&self.s.room_first, &self.s.room_last, &w)
+                    oc_unlock(&self._lock)
+                    PyThread_free_lock(w.lock)
+                    raise
+            oc_lock(&self._lock)
+            if not w.woken:
+                _unlink_waiter(&self.s.room_first, &self.s.room_last, &w)
+            oc_unlock(&self._lock)
+            PyThread_free_lock(w.lock)
+
+    def _refusal_message(self, int code, Task task, int64_t ahead, int64_t used, double pred_ms, double mw):
         if code == CLOSED:
             return f"queue {self._pool_id!r} is closed"
         if code == OVER_LIMIT:
             return f"max_tokens {task.max_tokens} exceeds this queue's max_tokens_limit {self.s.max_tokens_limit}"
+        if code == OVER_BUDGET:
+            return f"task of {task.tokens} tokens exceeds this queue's max_queued_tokens {self.s.budget}"
         if code == DUPLICATE:
             return f"job_id {task.job_id!r} is already queued"
+        if code == TENANT_CAP:
+            return (
+                f"tenant {task.tenant!r} already has {ahead} job(s) queued "
+                f"(max_queued_per_tenant {self.s.tenant_cap})"
+            )
         if code == AHEAD:
             return f"fail-fast: {ahead} job(s) queued ahead of this {task.priority.value} task"
+        if code == UNMEETABLE:
+            return (
+                f"deadline unmeetable: {ahead} job(s) ahead would take about {pred_ms:.0f} ms "
+                f"at the measured dequeue rate, over max_wait_ms {mw:g}"
+            )
+        if code == FULL_TOKENS:
+            msg = f"queue {self._pool_id!r} is full ({used} of {self.s.budget} queued tokens)"
+            if self.s.policy == 1:
+                msg += "; evicting every batch job would not make room for this batch task"
+            return msg
         if self.s.policy == 1:
             return f"queue {self._pool_id!r} is full ({self.s.capacity}) of interactive jobs; a batch task cannot evict them"
         return f"queue {self._pool_id!r} is full ({self.s.capacity})"
@@ -1088,15 +1828,41 @@ cdef class Queue:
     # -- leaving the queue ------------------------------------------------------------
     cdef Entry *_pop_locked(self, double now) noexcept nogil:
         cdef State *s = &self.s
-        cdef PClass *c = &s.cls[0] if s.cls[0].live else &s.cls[1]
+        cdef PClass *c
+        cdef Lane *lane
+        cdef Tenant *t
         cdef Entry *e
+        cdef int64_t tokens
+        if now >= s.dl_due:
+            _sweep(s, now)
+        c = &s.cls[0] if s.cls[0].live else &s.cls[1]
         if not c.live:
             return NULL
-        e = _ring_pop_head(c)
-        _lru_unlink(c, e)
+        lane = c.cur
+        e = _ring_pop_head(lane)
+        _lru_unlink(lane, e)
+        c.live -= 1
+        if lane.live:
+            c.cur = lane.rot_next
+        elif lane.rot_next != lane or lane.tenant != NULL:
+            _rot_remove(c, lane)
+        # else: the default lane, alone: it stays in the circle, empty, until another lane joins
+        if s.budget:
+            tokens = _tokens_of(e)
+            c.tokens -= tokens
+            s.queued_tokens -= tokens
+        if e.dl_next != NULL:
+            _dl_unlink(s, e)
+        t = lane.tenant
+        if t != NULL:
+            t.live -= 1
+            if t.live == 0:
+                _tenant_free(s, t)  # frees the lane too: not used below
         _table_delete(s, e)
         s.st.dequeued += 1
         _record_wait(&s.st, (now - e.enqueued_at) * 1000.0, now)
+        if s.room_first != NULL:
+            _wake_all(&s.room_first, &s.room_last)
         return e
 
     cdef Job _job_and_free(self, Entry *e, double now):
@@ -1105,7 +1871,8 @@ cdef class Queue:
         return job
 
     def dequeue(self, timeout=_ZERO):
-        """The next job (INTERACTIVE first, FIFO within a priority), or None.
+        """The next job, or None: INTERACTIVE first; within a priority round robin over
+        tenants, FIFO within a tenant. An overdue job is never handed out (it expires).
 
         ``timeout=0`` (default) never waits; a number waits up to that many seconds;
         ``None`` waits until a job arrives or the queue is closed and empty. A wait never
@@ -1194,7 +1961,7 @@ cdef class Queue:
                     if w.lock == NULL:
                         need_lock = True  # allocated outside the lock, then try again
                     else:
-                        _link_waiter(&self.s, &w)
+                        _link_waiter(&self.s.wait_first, &self.s.wait_last, &w)
                         registered = True
             oc_unlock(&self._lock)
             if need_lock:
@@ -1236,7 +2003,7 @@ cdef class Queue:
                         if self.s.wait_first != NULL and (self.s.cls[0].live or self.s.cls[1].live):
                             _wake_one(&self.s)
                     else:
-                        _unlink_waiter(&self.s, &w)
+                        _unlink_waiter(&self.s.wait_first, &self.s.wait_last, &w)
                     oc_unlock(&self._lock)
                     PyThread_free_lock(w.lock)
                     raise
@@ -1248,12 +2015,33 @@ cdef class Queue:
             if w.woken:
                 was_woken = True
             else:
-                _unlink_waiter(&self.s, &w)
+                _unlink_waiter(&self.s.wait_first, &self.s.wait_last, &w)
             oc_unlock(&self._lock)
             PyThread_free_lock(w.lock)
             w.lock = NULL
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # one last non-blocking attempt
+
+    def take_expired(self):
+        """The jobs that expired since the last call (earliest deadline first), to be reported
+        to their clients. An expired job waited longer than its ``max_wait_ms`` (the task's,
+        else the queue's); its ``wait_ms`` is how long it had waited when it expired. Expired
+        jobs free their place at once but are held here until taken: call this regularly."""
+        cdef double now = self._now_dl()
+        cdef Entry *e
+        cdef Entry *nxt
+        cdef list out = []
+        oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
+        e = self.s.exp_first
+        self.s.exp_first = self.s.exp_last = NULL
+        oc_unlock(&self._lock)
+        while e != NULL:
+            nxt = e.lru_next
+            out.append(self._job_and_free(e, _left_at(e)))
+            e = nxt
+        return out
 
     def drain(self):
         """Remove and return every queued job in dequeue order (counted as drained)."""
@@ -1266,12 +2054,14 @@ cdef class Queue:
         cdef PClass *c
         cdef list out = []
         oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
         for p in range(2):
             c = &self.s.cls[p]
             while c.live:
-                e = _ring_pop_head(c)
-                _lru_unlink(c, e)
+                e = _pop_rr(&self.s, c)
                 _table_delete(&self.s, e)
+                e.lru_next = NULL
                 if first == NULL:
                     first = e
                 else:
@@ -1279,6 +2069,8 @@ cdef class Queue:
                 last = e
                 got += 1
         self.s.st.drained += got
+        if got and self.s.room_first != NULL:
+            _wake_all(&self.s.room_first, &self.s.room_last)
         oc_unlock(&self._lock)
         e = first
         while got:
@@ -1289,7 +2081,8 @@ cdef class Queue:
         return out
 
     def close(self):
-        """Refuse further enqueues (``QUEUE_CLOSED``) and wake every blocked consumer.
+        """Refuse further enqueues (``QUEUE_CLOSED``) and wake every blocked consumer and
+        producer.
 
         Queued jobs can still be dequeued or drained. Idempotent.
         """
@@ -1297,6 +2090,7 @@ cdef class Queue:
         self.s.closed = True
         while self.s.wait_first != NULL:
             _wake_one(&self.s)
+        _wake_all(&self.s.room_first, &self.s.room_last)
         oc_unlock(&self._lock)
 
     # -- by job id --------------------------------------------------------------------
@@ -1311,14 +2105,18 @@ cdef class Queue:
         cdef Key k
         cdef uint64_t slot
         cdef Entry *e
+        cdef double now = self._now_dl()
         self._make_key(jid, &k)
         oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
         e = _find(&self.s, &k, &slot)
         if e != NULL:
             _table_delete_slot(&self.s, slot)
-            _ring_remove(&self.s.cls[e.prio], e)
-            _lru_unlink(&self.s.cls[e.prio], e)
+            _remove(&self.s, e)
             self.s.st.cancelled += 1
+            if self.s.room_first != NULL:
+                _wake_all(&self.s.room_first, &self.s.room_last)
         oc_unlock(&self._lock)
         if e == NULL:
             return False
@@ -1326,41 +2124,76 @@ cdef class Queue:
         return True
 
     def touch(self, job_id):
-        """Mark a queued job as just used (DROP_LRU evicts it last); False if not queued."""
+        """Mark a queued job as just used (DROP_LRU evicts it last in its tenant); False if not queued."""
         cdef str jid = self._id_arg(job_id)
         cdef Key k
         cdef Entry *e
-        cdef PClass *c
+        cdef Lane *lane
+        cdef double now = self._now_dl()
         self._make_key(jid, &k)
         oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
         e = _find(&self.s, &k, NULL)
         if e != NULL:
-            c = &self.s.cls[e.prio]
-            if c.lru_last != e:
-                _lru_unlink(c, e)
-                _lru_append(c, e)
+            lane = e.lane
+            if lane.lru_last != e:
+                _lru_unlink(lane, e)
+                _lru_append(lane, e)
         oc_unlock(&self._lock)
         return e != NULL
 
     def position(self, job_id):
-        """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued."""
+        """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued.
+
+        O(log n) without tenants; with tenants O(log n + m), m the tenants with queued work
+        in the job's priority.
+        """
         cdef str jid = self._id_arg(job_id)
         cdef Key k
         cdef Entry *e
         cdef int64_t rank = -2
+        cdef double now = self._now_dl()
         self._make_key(jid, &k)
         oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
         e = _find(&self.s, &k, NULL)
         if e != NULL:
-            rank = _rank(&self.s.cls[e.prio], e.seq)
-            if rank >= 0 and e.prio == 1:
-                rank += self.s.cls[0].live
+            rank = _rank_of(&self.s, e)
         oc_unlock(&self._lock)
         if rank == -2:
             return None
         if rank < 0:
             raise MemoryError()
         return rank
+
+    def eta_ms(self, job_id):
+        """Advisory: milliseconds until the jobs ahead of this one drain at the measured
+        dequeue rate (``position`` over the rate of the metrics window); None if it is not
+        queued or nothing was dequeued in the window."""
+        cdef str jid = self._id_arg(job_id)
+        cdef Key k
+        cdef Entry *e
+        cdef int64_t rank = -2
+        cdef int64_t deq = 0
+        cdef double ms = 0.0
+        cdef double now = self._now()
+        self._make_key(jid, &k)
+        oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
+        e = _find(&self.s, &k, NULL)
+        if e != NULL:
+            deq = _rate(&self.s, now)
+            ms = self.s.rate_ms
+            rank = _rank_of(&self.s, e) if deq else 0
+        oc_unlock(&self._lock)
+        if rank == -2 or not deq:
+            return None
+        if rank < 0:
+            raise MemoryError()
+        return <double>rank * ms
 
     def __contains__(self, job_id):
         if type(job_id) is not str:
@@ -1369,14 +2202,18 @@ cdef class Queue:
             job_id = str.__str__(job_id)  # never a subclass's __hash__ / __eq__
         cdef Key k
         cdef Entry *e
+        cdef double now = self._now_dl()
         self._make_key(<str>job_id, &k)
         oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
         e = _find(&self.s, &k, NULL)
         oc_unlock(&self._lock)
         return e != NULL
 
     cdef list _ids(self, int which, bint lru):
-        """Job ids of class ``which`` (0, 1; 2 = both, in dequeue order), LRU order if ``lru``.
+        """Job ids of class ``which`` (0, 1; 2 = both) in dequeue order, or in DROP_LRU's
+        eviction order if ``lru``.
 
         Keys are copied into a C buffer under the lock; the strings are made after it.
         """
@@ -1384,10 +2221,11 @@ cdef class Queue:
         cdef PyObject **strs
         cdef uint64_t *counters
         cdef Entry *e
-        cdef int64_t sq
         cdef int p
         cdef PClass *c
         cdef bint done = False
+        cdef bint nomem = False
+        cdef double now = self._now_dl()
         cdef list out = []
         while True:
             n = self._live_of(which)
@@ -1398,44 +2236,35 @@ cdef class Queue:
                 PyMem_Free(counters)
                 raise MemoryError()
             oc_lock(&self._lock)
+            if now >= self.s.dl_due:
+                _sweep(&self.s, now)
             if self._live_of(which) == n:
                 done = True
                 for p in range(2):
                     if which != 2 and p != which:
                         continue
                     c = &self.s.cls[p]
-                    if lru:
-                        e = c.lru_first
-                        while e != NULL:
-                            strs[i] = e.key_str
-                            counters[i] = e.counter
-                            if e.key_str != NULL:
-                                Py_INCREF(<object>e.key_str)
-                            i += 1
-                            e = e.lru_next
-                    else:
-                        for sq in range(c.head, c.tail):
-                            e = c.ring[sq & c.mask]
-                            if e != NULL:
-                                strs[i] = e.key_str
-                                counters[i] = e.counter
-                                if e.key_str != NULL:
-                                    Py_INCREF(<object>e.key_str)
-                                i += 1
+                    if c.live and _class_keys(c, lru, strs + i, counters + i) < 0:
+                        nomem = True
+                        break
+                    i += c.live
             oc_unlock(&self._lock)
             if done:
                 break
             PyMem_Free(strs)  # the depth changed between sizing and locking: size again
             PyMem_Free(counters)
         try:
+            if nomem:
+                raise MemoryError()
             for j in range(i):
                 if strs[j] == NULL:
                     out.append(_own_id(self._prefix_dash, counters[j]))
                 else:
                     out.append(<object>strs[j])
         finally:
-            for j in range(i):
-                Py_XDECREF(strs[j])
+            if not nomem:
+                for j in range(i):
+                    Py_XDECREF(strs[j])
             PyMem_Free(strs)
             PyMem_Free(counters)
         return out
@@ -1452,12 +2281,15 @@ cdef class Queue:
         return self._ids(_PRIORITIES.index(Priority.parse(priority, "priority")), False)
 
     def lru_order(self, priority):
-        """Job ids of one class from least to most recently used (DROP_LRU's victim first)."""
+        """Job ids of one class in the order DROP_LRU would evict them: least recently used
+        first (enqueue and ``touch`` make a job recent); with tenants, each eviction takes
+        from the tenant with the most jobs in the class (ties: the latest in the round robin)."""
         return self._ids(_PRIORITIES.index(Priority.parse(priority, "priority")), True)
 
     # -- metrics ----------------------------------------------------------------------
     def metrics(self):
-        """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth)."""
+        """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth,
+        O(m) in the tenants with queued work)."""
         cdef double now = self._now()
         cdef Stats st
         cdef int64_t enq, deq
@@ -1465,22 +2297,33 @@ cdef class Queue:
         cdef bint has_oldest = False
         cdef bint slots[WINDOW_SLOTS]
         cdef int64_t hist[WAIT_BUCKETS]
-        cdef int64_t live0, live1
+        cdef int64_t live0, live1, queued_tokens, budget
         cdef bint closed
         cdef int i, b
         cdef PClass *c
+        cdef Lane *lane
+        cdef double t
         memset(hist, 0, sizeof(hist))
         oc_lock(&self._lock)
+        if now >= self.s.dl_due:
+            _sweep(&self.s, now)
         memcpy(&st, &self.s.st, sizeof(Stats))
         live0 = self.s.cls[0].live
         live1 = self.s.cls[1].live
         closed = self.s.closed
+        queued_tokens = self.s.queued_tokens
+        budget = self.s.budget
         for i in range(2):
             c = &self.s.cls[i]
-            if c.live:
-                if not has_oldest or c.ring[c.head & c.mask].enqueued_at < oldest:
-                    oldest = c.ring[c.head & c.mask].enqueued_at
+            lane = c.cur if c.live else NULL  # (the circle may hold the empty default lane alone)
+            while lane != NULL:
+                t = lane.ring[lane.head & lane.mask].enqueued_at
+                if not has_oldest or t < oldest:
+                    oldest = t
                     has_oldest = True
+                lane = lane.rot_next
+                if lane == c.cur:
+                    break
         oc_unlock(&self._lock)
         _window(&st, now, &enq, &deq, &win, slots)
         for i in range(WINDOW_SLOTS):
@@ -1510,31 +2353,340 @@ cdef class Queue:
             st.life_sum,
             _retry_after(1, deq, win),
             closed,
+            st.expired,
+            queued_tokens if budget else None,
         )
         return _build_metrics(self._pool_id, self._policy.value, raw)
 
 
 # ---------------------------------------------------------------------------------------
+# Admission (module level: called directly, so the compiler can inline the hot path)
+
+cdef inline int _enqueue_locked(Queue self, Entry *e, Admit *a) noexcept nogil:
+    """The locked part of an admission (the engine's lock held, no GIL needed)."""
+    cdef State *s = &self.s
+    cdef PClass *inter = &s.cls[0]
+    cdef int p = a.prio
+    cdef PClass *c = &s.cls[p]
+    cdef Lane *lane = &c.dflt
+    cdef int code
+    cdef int slot
+    cdef Waiter *w
+    cdef bint fast = False
+    if a.now >= s.dl_due:
+        _sweep(s, a.now)
+    if (
+        a.tenant == NULL
+        and a.max_wait <= 0
+        and not s.budget
+        and a.waiter == NULL
+        and inter.live + s.cls[1].live < s.capacity
+        and not s.closed
+        and not (s.max_tokens_limit and a.max_tokens > s.max_tokens_limit)
+        and not (a.has_key and _find(s, a.key, NULL) != NULL)
+    ):
+        # The plain task (no tenant, deadline or budget) with room: the hot path.
+        if lane.rot_next == lane or c.nlanes == 0:
+            a.position = lane.live + (inter.live if p else 0)
+        else:
+            a.position = _tail_position(s, c, lane, p)
+        if s.policy != 2 or a.position == 0:
+            if _ring_reserve(lane) < 0:
+                return NOMEM
+            a.victims = NULL
+            a.nvict = 0
+            fast = True
+    if not fast:
+        code = _enqueue_general(s, e, a, &lane)
+        if code != OK:
+            return code
+    # Admitted (room reserved, evictions done): the common end.
+    if a.has_key:
+        e.key_str = a.key.key_str
+        e.counter = a.key.counter
+        e.hash = a.key.hash
+        if a.key.key_str == NULL and a.key.counter >= s.next_id:
+            s.next_id = a.key.counter + 1
+    else:
+        e.key_str = NULL
+        e.counter = s.next_id
+        e.hash = _mix(s.next_id)
+        s.next_id += 1
+    e.lane = lane
+    if lane.rot_next == NULL:
+        _rot_insert(c, lane)
+    _ring_push(lane, e)
+    _lru_append(lane, e)
+    c.live += 1
+    if s.budget:
+        c.tokens += a.tokens
+        s.queued_tokens += a.tokens
+    _table_insert(s, e)
+    s.st.accepted += 1
+    slot = _cur_slot(&s.st, a.now)
+    s.st.win_enq[slot] += 1
+    # Accepted.eta_ms = position * ms_per_job, multiplied only when it is read.
+    a.ms_per_job = s.rate_ms if s.rate_lo <= a.now < s.rate_hi else _rate_ms_slow(s, a.now)
+    w = s.wait_first
+    if w != NULL:
+        _unlink_waiter(&s.wait_first, &s.wait_last, w)
+        w.woken = True
+        PyThread_release_lock(w.lock)
+    return OK
+
+
+cdef inline void _admit_args(State *s, Task t, Admit *a, Key *k, Waiter *w, double now) noexcept:
+    a.key = k
+    a.prio = t.prio
+    a.max_tokens = t.max_tokens_c
+    a.tokens = t.tokens_c
+    a.max_wait = t.max_wait_c if t.max_wait_c > 0 else s.max_wait
+    a.now = now
+    a.waiter = w
+
+
+cdef object _refused(Queue self, Task t, Entry *e, Admit *a, Key *k, int code):
+    """The end of an attempt that was not admitted: release the entry; None (WAIT), a
+    MemoryError or the Rejected."""
+    Py_DECREF(t)
+    if a.has_key and k.key_str != NULL:
+        Py_DECREF(<object>k.key_str)
+    PyMem_Free(e)
+    if code == WAIT:
+        return None
+    if code == NOMEM:
+        raise MemoryError()
+    return _make_rejected(
+        _REASONS[_reason_index(code)],
+        a.retry_ms,
+        self._policy,
+        self._refusal_message(code, t, a.ahead, a.used, a.pred_ms, a.max_wait),
+    )
+
+
+cdef void _report_victims(Queue self, Accepted res, Admit *a, double now) except *:
+    """Accepted.evicted (and evicted_all) from the victims the locked part unlinked."""
+    cdef Entry *v = a.victims
+    cdef Entry *vnext
+    cdef list evicted
+    if a.nvict == 1:
+        res.evicted = _make_job(self, v, now)
+        _free_entry(v)
+        return
+    evicted = []
+    while a.nvict:
+        vnext = v.lru_next
+        evicted.append(_make_job(self, v, now))
+        _free_entry(v)
+        v = vnext
+        a.nvict -= 1
+    res.evicted = evicted[0]
+    res._evicted_all = tuple(evicted)
+
+
+cdef object _attempt(Queue self, Task t, Waiter *w):
+    """One admission attempt (Queue.enqueue inlines it for wait=0). With a waiter a retriable
+    refusal registers it as a room waiter and returns None instead, and DROP_LRU does not
+    evict."""
+    cdef double now = self._now()
+    cdef Key k
+    cdef Admit a
+    cdef int code
+    cdef Entry *e
+    cdef PyObject *key_str = NULL
+    cdef uint64_t counter = 0
+    cdef Accepted res
+    a.has_key = t.job_id is not None
+    if a.has_key:
+        self._make_key(<str>t.job_id, &k)
+    a.tenant = NULL
+    if t.tenant is not None:
+        a.tenant = <PyObject *>t.tenant
+        a.thash = <uint64_t>PyObject_Hash(t.tenant)
+    _admit_args(&self.s, t, &a, &k, w, now)
+    e = <Entry *>PyMem_Malloc(sizeof(Entry))
+    if e == NULL:
+        raise MemoryError()
+    e.task = <PyObject *>t
+    e.enqueued_at = now
+    e.lru_prev = e.lru_next = NULL
+    e.dl_next = NULL  # (dl_prev is only read when dl_next is set)
+    res = Accepted.__new__(Accepted)
+    # The entry's references are taken before the entry becomes visible: once the lock
+    # is released a consumer may dequeue and free it (at once on a free-threaded build,
+    # or whenever the GIL is released around the locked part).
+    Py_INCREF(t)
+    if a.has_key and k.key_str != NULL:
+        Py_INCREF(<object>k.key_str)
+    if _release_gil:
+        with nogil:
+            oc_lock(&self._lock)
+            code = _enqueue_locked(self, e, &a)
+            key_str = e.key_str
+            counter = e.counter
+            oc_unlock(&self._lock)
+    else:
+        oc_lock(&self._lock)
+        code = _enqueue_locked(self, e, &a)
+        key_str = e.key_str
+        counter = e.counter
+        oc_unlock(&self._lock)
+    if code != OK:
+        return _refused(self, t, e, &a, &k, code)
+    # From here on `e` may already be gone; only the copies taken under the lock are used.
+    if key_str == NULL:
+        res._prefix_dash = self._prefix_dash
+        res._counter = counter
+    else:
+        res._job_id = <object>key_str  # alive: the task we hold references it as its job_id
+    res.position = a.position
+    if a.ms_per_job > 0:
+        res._eta_kind = 2
+        res._eta = a.ms_per_job
+    if a.victims != NULL:
+        _report_victims(self, res, &a, now)
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# Key lists in dequeue or eviction order (lock held, GIL held: the keys are INCREF'd)
+
+cdef inline void _put_key(Entry *e, PyObject **strs, uint64_t *counters, Py_ssize_t i) noexcept:
+    strs[i] = e.key_str
+    counters[i] = e.counter
+    if e.key_str != NULL:
+        Py_INCREF(<object>e.key_str)
+
+
+cdef inline bint _heap_above(int64_t *count, int64_t a, int64_t b) noexcept nogil:
+    # Eviction order: more jobs first; ties: the later lane in the round robin.
+    return count[a] > count[b] or (count[a] == count[b] and a > b)
+
+
+cdef int _class_keys(PClass *c, bint lru, PyObject **strs, uint64_t *counters) noexcept:
+    """Copy the keys of a non-empty class in dequeue order (round robin over its lanes) or in
+    DROP_LRU's eviction order; -1 when out of memory (nothing copied then)."""
+    cdef int64_t m = c.nlanes
+    cdef int64_t i, j, k, top, child, active
+    cdef Py_ssize_t out = 0
+    cdef Lane **lanes
+    cdef int64_t *pos
+    cdef int64_t *count
+    cdef int64_t *heap
+    cdef Entry **cursor
+    cdef Lane *lane = c.cur
+    cdef Entry *e
+    if m == 1:
+        if lru:
+            e = lane.lru_first
+            while e != NULL:
+                _put_key(e, strs, counters, out)
+                out += 1
+                e = e.lru_next
+        else:
+            for k in range(lane.head, lane.tail):
+                e = lane.ring[k & lane.mask]
+                if e != NULL:
+                    _put_key(e, strs, counters, out)
+                    out += 1
+        return 0
+    lanes = <Lane **>PyMem_RawMalloc(m * sizeof(Lane *))
+    pos = <int64_t *>PyMem_RawMalloc(m * sizeof(int64_t))
+    count = <int64_t *>PyMem_RawMalloc(m * sizeof(int64_t))
+    heap = <int64_t *>PyMem_RawMalloc(m * sizeof(int64_t))
+    cursor = <Entry **>PyMem_RawMalloc(m * sizeof(Entry *))
+    if lanes == NULL or pos == NULL or count == NULL or heap == NULL or cursor == NULL:
+        PyMem_RawFree(lanes)
+        PyMem_RawFree(pos)
+        PyMem_RawFree(count)
+        PyMem_RawFree(heap)
+        PyMem_RawFree(cursor)
+        return -1
+    for i in range(m):
+        lanes[i] = lane
+        pos[i] = lane.head
+        count[i] = lane.live
+        cursor[i] = lane.lru_first
+        lane = lane.rot_next
+    if not lru:
+        # Rounds over the lanes still holding jobs (heap[] lists them in circle order).
+        active = m
+        for i in range(m):
+            heap[i] = i
+        while active:
+            j = 0
+            for i in range(active):
+                k = heap[i]
+                lane = lanes[k]
+                while lane.ring[pos[k] & lane.mask] == NULL:
+                    pos[k] += 1
+                _put_key(lane.ring[pos[k] & lane.mask], strs, counters, out)
+                out += 1
+                pos[k] += 1
+                count[k] -= 1
+                if count[k]:
+                    heap[j] = k
+                    j += 1
+            active = j
+    else:
+        # A binary max-heap of lanes by (jobs left, index in the circle).
+        for i in range(m):
+            heap[i] = i
+            j = i
+            while j > 0 and _heap_above(count, heap[j], heap[(j - 1) // 2]):
+                heap[j], heap[(j - 1) // 2] = heap[(j - 1) // 2], heap[j]
+                j = (j - 1) // 2
+        active = m
+        while active:
+            top = heap[0]
+            e = cursor[top]
+            _put_key(e, strs, counters, out)
+            out += 1
+            cursor[top] = e.lru_next
+            count[top] -= 1
+            if not count[top]:
+                active -= 1
+                heap[0] = heap[active]
+            j = 0
+            while True:
+                child = 2 * j + 1
+                if child >= active:
+                    break
+                if child + 1 < active and _heap_above(count, heap[child + 1], heap[child]):
+                    child += 1
+                if not _heap_above(count, heap[child], heap[j]):
+                    break
+                heap[j], heap[child] = heap[child], heap[j]
+                j = child
+    PyMem_RawFree(lanes)
+    PyMem_RawFree(pos)
+    PyMem_RawFree(count)
+    PyMem_RawFree(heap)
+    PyMem_RawFree(cursor)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # Waiters (lock held)
 
-cdef inline void _link_waiter(State *s, Waiter *w) noexcept nogil:
+cdef inline void _link_waiter(Waiter **first, Waiter **last, Waiter *w) noexcept nogil:
     w.woken = False
     w.next = NULL
-    w.prev = s.wait_last
-    if s.wait_last == NULL:
-        s.wait_first = w
+    w.prev = last[0]
+    if last[0] == NULL:
+        first[0] = w
     else:
-        s.wait_last.next = w
-    s.wait_last = w
+        last[0].next = w
+    last[0] = w
 
 
-cdef inline void _unlink_waiter(State *s, Waiter *w) noexcept nogil:
+cdef inline void _unlink_waiter(Waiter **first, Waiter **last, Waiter *w) noexcept nogil:
     if w.prev == NULL:
-        s.wait_first = w.next
+        first[0] = w.next
     else:
         w.prev.next = w.next
     if w.next == NULL:
-        s.wait_last = w.prev
+        last[0] = w.prev
     else:
         w.next.prev = w.prev
     w.next = w.prev = NULL
@@ -1542,24 +2694,23 @@ cdef inline void _unlink_waiter(State *s, Waiter *w) noexcept nogil:
 
 cdef inline void _wake_one(State *s) noexcept nogil:
     cdef Waiter *w = s.wait_first
-    _unlink_waiter(s, w)
+    _unlink_waiter(&s.wait_first, &s.wait_last, w)
     w.woken = True
     PyThread_release_lock(w.lock)
 
 
 cdef inline int _reason_index(int code) noexcept nogil:
-    # Order of RejectionReason: QUEUE_FULL, INVALID_REQUEST, POLICY_VIOLATION, QUEUE_CLOSED
+    # Order of RejectionReason: QUEUE_FULL, INVALID_REQUEST, POLICY_VIOLATION, QUEUE_CLOSED,
+    # DEADLINE_UNMEETABLE
     if code == CLOSED:
         return 3
-    if code == OVER_LIMIT:
+    if code == OVER_LIMIT or code == OVER_BUDGET or code == TENANT_CAP:
         return 2
     if code == DUPLICATE:
         return 1
+    if code == UNMEETABLE:
+        return 4
     return 0
-
-
-cdef object _reason_of(int code):
-    return _REASONS[_reason_index(code)]
 
 
 cdef extern from "Python.h":
@@ -1606,6 +2757,8 @@ def _after_fork_in_child():
         q = <Queue>obj
         q.s.wait_first = NULL
         q.s.wait_last = NULL
+        q.s.room_first = NULL
+        q.s.room_last = NULL
         oc_unlock(&q._lock)
     _FORK_HELD.clear()
 
@@ -1634,33 +2787,60 @@ cdef inquiry _base_clear = NULL
 cdef Py_ssize_t _STATE_OFFSET = 0
 
 
+cdef int _visit_lane(Lane *lane, visitproc visit, void *arg) noexcept:
+    cdef int64_t sq
+    cdef Entry *e
+    cdef int r
+    if lane.ring == NULL:
+        return 0
+    for sq in range(lane.head, lane.tail):
+        e = lane.ring[sq & lane.mask]
+        if e != NULL:
+            r = visit(e.task, arg)
+            if r:
+                return r
+    return 0
+
+
 cdef int _queue_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
     cdef State *s = <State *>((<char *>o) + _STATE_OFFSET)
     cdef int p, r
-    cdef int64_t sq
+    cdef uint64_t b
+    cdef Tenant *t
     cdef Entry *e
     # The entries only change under the GIL (or, free-threaded, while the collector has the
     # world stopped) unless the benchmark hook releases the GIL around operations: then do
     # not read them; not visiting only keeps objects alive, it never frees one.
     if not _release_gil:
         for p in range(2):
-            if s.cls[p].ring == NULL:
-                continue
-            for sq in range(s.cls[p].head, s.cls[p].tail):
-                e = s.cls[p].ring[sq & s.cls[p].mask]
-                if e != NULL:
-                    r = visit(e.task, arg)
-                    if r:
-                        return r
+            r = _visit_lane(&s.cls[p].dflt, visit, arg)
+            if r:
+                return r
+        if s.ttable != NULL:
+            for b in range(s.ttmask + 1):
+                t = s.ttable[b]
+                while t != NULL:
+                    for p in range(2):
+                        r = _visit_lane(&t.lanes[p], visit, arg)
+                        if r:
+                            return r
+                    t = t.next
+        e = s.exp_first  # expired, not yet taken: their tasks are the queue's references too
+        while e != NULL:
+            r = visit(e.task, arg)
+            if r:
+                return r
+            e = e.lru_next
     if _base_traverse != NULL:
         return _base_traverse(o, visit, arg)
     return 0
 
 
 cdef int _queue_clear(PyObject *o) noexcept:
-    # Break a cycle: drop the queued jobs. No Python code of the queue's runs here (the
-    # clock may already be cleared): unlink every entry under the lock, then release the
-    # tasks after it. The queue is unreachable, so nobody sees its counters again.
+    # Break a cycle: drop the queued (and expired, untaken) jobs. No Python code of the
+    # queue's runs here (the clock may already be cleared): unlink every entry under the
+    # lock, then release the tasks after it. The queue is unreachable, so nobody sees its
+    # counters again.
     cdef State *s = <State *>((<char *>o) + _STATE_OFFSET)
     cdef Queue q = <Queue>o
     cdef Entry *first = NULL
@@ -1670,8 +2850,7 @@ cdef int _queue_clear(PyObject *o) noexcept:
     oc_lock(&q._lock)
     for p in range(2):
         while s.cls[p].live:
-            e = _ring_pop_head(&s.cls[p])
-            _lru_unlink(&s.cls[p], e)
+            e = _pop_rr(s, &s.cls[p])
             _table_delete(s, e)
             e.lru_next = NULL
             if first == NULL:
@@ -1679,6 +2858,12 @@ cdef int _queue_clear(PyObject *o) noexcept:
             else:
                 last.lru_next = e
             last = e
+    if s.exp_first != NULL:
+        if first == NULL:
+            first = s.exp_first
+        else:
+            last.lru_next = s.exp_first
+        s.exp_first = s.exp_last = NULL
     oc_unlock(&q._lock)
     while first != NULL:
         e = first.lru_next

@@ -1,27 +1,45 @@
 # The admission engine, in pure Python: the specification of the compiled twin _core_c.pyx.
 #
 # Invariants (the same block heads _core_c.pyx):
-#   * Two priority classes (0 = INTERACTIVE, 1 = BATCH). Each is a ring buffer of entries
-#     indexed by a per-class sequence number: entry e lives at ring[e.seq & mask] while
-#     head <= e.seq < tail. A cancelled or evicted entry leaves a tombstone (an empty cell)
-#     inside [head, tail); ring[head] is live unless the class is empty, so a dequeue is
-#     O(1). Tombstones are compacted away once they outnumber live entries (amortised O(1)).
-#     The ring doubles when full and halves when a quarter full: memory follows depth.
+#   * Two priority classes (0 = INTERACTIVE, 1 = BATCH). A class holds one lane per tenant
+#     with queued work; the default tenant (tenant=None) has a lane embedded in the class.
+#     A lane is a ring buffer of entries indexed by a per-lane sequence number: entry e lives
+#     at ring[e.seq & mask] while head <= e.seq < tail. A cancelled, evicted or expired entry
+#     leaves a tombstone (an empty cell) inside [head, tail); ring[head] is live unless the
+#     lane is empty, so taking a lane's head is O(1). Tombstones are compacted away once they
+#     outnumber live entries (amortised O(1)). The ring doubles when full and halves when a
+#     quarter full: memory follows depth.
+#   * Round robin: the non-empty lanes of a class form a circular list and `cur` is the lane
+#     served next. dequeue takes cur's head and moves cur on; a lane that empties leaves the
+#     circle, a lane that becomes non-empty joins it just before cur (at the back). With one
+#     lane (no tenants) this is exactly FIFO. (Shortcut: a default lane that a dequeue empties
+#     while alone stays in the circle, empty, until another lane joins; nothing else is empty.)
 #   * The job-id index maps every queued job id to its entry (one entry per id).
-#   * Each class has an intrusive doubly linked LRU list, least recently used first:
-#     enqueue and touch put an entry last; DROP_LRU evicts the first of the lowest
-#     priority present.
-#   * A Fenwick tree over ring cells counts tombstones, so position() is O(log n); cancel
-#     only records the change (applied lazily at the next position()).
-#   * depth = live(INTERACTIVE) + live(BATCH) <= capacity, and the counters balance:
-#     accepted == dequeued + cancelled + evicted + drained + depth.
+#   * Each lane has an intrusive doubly linked LRU list, least recently used first: enqueue
+#     and touch put an entry last. DROP_LRU evicts from the lowest priority present, from
+#     the lane with the most jobs (ties: the latest in the round robin), its LRU entry.
+#   * A Fenwick tree over a lane's ring cells counts tombstones, so a job's rank in its lane
+#     is O(log n); position() adds the other lanes' shares by walking the circle: O(m) for m
+#     non-empty lanes in the class, O(1) without tenants. cancel only records the change
+#     (applied lazily at the next position()).
+#   * Deadlines: every entry with a max_wait_ms is also on one intrusive FIFO per distinct
+#     max_wait_ms value (a deadline lane). Enqueue times never decrease, so a deadline lane's
+#     head expires first. `dl_due` is a lower bound of the earliest head deadline: at
+#     now < dl_due an operation pays one comparison; otherwise the heads are checked (O(number
+#     of deadline lanes)) and overdue entries move to the expired list, earliest deadline first.
+#   * depth = live(INTERACTIVE) + live(BATCH) <= capacity; with max_queued_tokens the queued
+#     jobs' tokens <= max_queued_tokens; the counters balance:
+#     accepted == dequeued + cancelled + evicted + drained + expired + depth.
 #   * No user code runs while the lock is held: the clock is read and every Python object
-#     that can trigger the cyclic GC (entries, results, jobs) is made before the lock is
-#     taken or after it is released; released tasks are dropped after it is released.
+#     that can trigger the cyclic GC (entries, tenant and deadline records, results, jobs) is
+#     made before the lock is taken or after it is released; released tasks are dropped after
+#     it is released.
 """Pure-Python engine: the specification of the compiled engine (``_core_c``)."""
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import math
 import os
 import threading
@@ -49,8 +67,12 @@ from ._validate import (
     JOB_ID_MAX_LEN,
     call_clock,
     check_count,
+    check_feature_args,
     check_job_id,
+    check_max_wait_ms,
+    check_prompt_tokens,
     check_queue_args,
+    check_tenant,
     check_timeout,
     raise_task_error,
 )
@@ -72,9 +94,18 @@ _DUPLICATE: Final = 2
 _OVER_LIMIT: Final = 3
 _CLOSED: Final = 4
 _AHEAD: Final = 5  # FAIL_FAST: jobs are queued ahead of the task
+# 6 is the compiled engine's NOMEM
+_FULL_TOKENS: Final = 7  # the token budget is the bound that is hit
+_OVER_BUDGET: Final = 8  # the task alone exceeds max_queued_tokens
+_TENANT_CAP: Final = 9  # max_queued_per_tenant
+_UNMEETABLE: Final = 10  # admit_only_feasible: predicted wait > max_wait_ms
+_WAIT: Final = 11  # enqueue(wait=...): registered as a room waiter
+_RETRY: Final = 12  # a spare tenant / deadline record was missing: make one, try again
 
 _MIN_RING: Final = 8
 _COMPACT_SLACK: Final = 32
+_NEG_INF: Final = -math.inf
+_NO_WAIT: Final = 0.0  # enqueue's default wait (compared by identity first)
 
 _new = object.__new__
 _ceil = math.ceil
@@ -92,11 +123,27 @@ class Task:
     """A request to run: what the front end admits.
 
     ``Task(model, max_tokens, session_id=None, *, priority=Priority.INTERACTIVE,
-    job_id=None, payload=None)``. ``job_id`` lets the caller choose the id (it must not be
-    queued already); ``payload`` is carried untouched. Immutable.
+    job_id=None, payload=None, tenant=None, max_wait_ms=None, prompt_tokens=None)``.
+    ``job_id`` lets the caller choose the id (it must not be queued already); ``payload`` is
+    carried untouched; ``tenant`` names who the work is for (round-robin fairness and
+    per-tenant caps); ``max_wait_ms`` is the longest the job may wait in the queue before it
+    expires; ``prompt_tokens`` counts, with ``max_tokens``, against ``max_queued_tokens``.
+    Immutable.
     """
 
-    __slots__ = ("_model", "_max_tokens", "_session_id", "_priority", "_job_id", "_payload")
+    __slots__ = (
+        "_model",
+        "_max_tokens",
+        "_session_id",
+        "_priority",
+        "_job_id",
+        "_payload",
+        "_tenant",
+        "_max_wait_ms",
+        "_prompt_tokens",
+        "_tokens",
+        "_plain",
+    )
     __match_args__ = ("model", "max_tokens", "session_id")
 
     _model: str
@@ -105,6 +152,11 @@ class Task:
     _priority: Priority
     _job_id: str | None
     _payload: Any
+    _tenant: str | None
+    _max_wait_ms: float | None
+    _prompt_tokens: int | None
+    _tokens: int
+    _plain: bool  # no tenant and no deadline: the queue's fast path
 
     def __init__(
         self,
@@ -115,6 +167,9 @@ class Task:
         priority: Priority | str = Priority.INTERACTIVE,
         job_id: str | None = None,
         payload: Any = None,
+        tenant: str | None = None,
+        max_wait_ms: float | None = None,
+        prompt_tokens: int | None = None,
     ) -> None:
         if (
             type(model) is not str
@@ -134,12 +189,24 @@ class Task:
             raise_task_error(model, max_tokens, session_id, priority, job_id)
         if job_id is not None:
             job_id = check_job_id(job_id)
+        if tenant is not None:
+            tenant = check_tenant(tenant)
+        if max_wait_ms is not None:
+            max_wait_ms = check_max_wait_ms(max_wait_ms)
+        tokens = max_tokens
+        if prompt_tokens is not None:
+            tokens += check_prompt_tokens(prompt_tokens)
         self._model = model
         self._max_tokens = max_tokens
         self._session_id = session_id
         self._priority = prio
         self._job_id = job_id
         self._payload = payload
+        self._tenant = tenant
+        self._max_wait_ms = max_wait_ms
+        self._prompt_tokens = prompt_tokens
+        self._tokens = tokens
+        self._plain = tenant is None and max_wait_ms is None
 
     @property
     def model(self) -> str:
@@ -171,15 +238,42 @@ class Task:
         """Anything the caller wants carried along with the task."""
         return self._payload
 
+    @property
+    def tenant(self) -> str | None:
+        """Who the work is for (round-robin fairness, per-tenant caps), or None."""
+        return self._tenant
+
+    @property
+    def max_wait_ms(self) -> float | None:
+        """Longest wait in the queue before the job expires, or None (the queue's default)."""
+        return self._max_wait_ms
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """Tokens of the prompt (counted against ``max_queued_tokens``), or None."""
+        return self._prompt_tokens
+
+    @property
+    def tokens(self) -> int:
+        """``max_tokens + prompt_tokens``: what the task counts against ``max_queued_tokens``."""
+        return self._tokens
+
     def __repr__(self) -> str:
+        extra = ""
+        if self._tenant is not None:
+            extra += f", tenant={self._tenant!r}"
+        if self._max_wait_ms is not None:
+            extra += f", max_wait_ms={self._max_wait_ms!r}"
+        if self._prompt_tokens is not None:
+            extra += f", prompt_tokens={self._prompt_tokens!r}"
         return (
             f"Task(model={self._model!r}, max_tokens={self._max_tokens!r}, session_id={self._session_id!r}, "
-            f"priority={self._priority.value!r}, job_id={self._job_id!r})"
+            f"priority={self._priority.value!r}, job_id={self._job_id!r}{extra})"
         )
 
 
 class Job:
-    """A queued task as it leaves the queue (dequeued, drained or evicted).
+    """A queued task as it leaves the queue (dequeued, drained, evicted or expired).
 
     ``wait_ms`` is the time it spent queued, fixed when it left; ``enqueued_at`` is in
     seconds on the queue's clock.
@@ -241,21 +335,43 @@ def _make_job(job_id: str, task: Task, enqueued_at: float, wait_ms: float) -> Jo
 
 
 class Accepted:
-    """The task was admitted: ``job_id``, its ``position`` (0 = next) and the job it
-    ``evicted`` under DROP_LRU (or None). Immutable; ``match Accepted(job_id=..)``."""
+    """The task was admitted: ``job_id``, its ``position`` (0 = next), the job it ``evicted``
+    under DROP_LRU (or None) and an advisory ``eta_ms``. Immutable; ``match Accepted(job_id=..)``.
 
-    __slots__ = ("_job_id", "_position", "_evicted")
+    ``evicted`` is the first evicted job; ``evicted_all`` is every job evicted to make room
+    (more than one when a token budget needed it), in eviction order.
+    """
+
+    __slots__ = ("_job_id", "_position", "_evicted", "_eta_ms", "_evicted_all", "_ms_per_job")
     __match_args__ = ("job_id", "position", "evicted")
     accepted: Final = True
 
     _job_id: str
     _position: int
     _evicted: Job | None
+    _eta_ms: float | None
+    _evicted_all: tuple[Job, ...] | None
+    _ms_per_job: float  # > 0: eta_ms is position * _ms_per_job (set by the queue)
 
-    def __init__(self, job_id: str, position: int, evicted: Job | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        position: int,
+        evicted: Job | None = None,
+        *,
+        eta_ms: float | None = None,
+        evicted_all: tuple[Job, ...] | None = None,
+    ) -> None:
         self._job_id = job_id
         self._position = position
+        if evicted_all is not None:
+            evicted_all = tuple(evicted_all)
+            if evicted is None and evicted_all:
+                evicted = evicted_all[0]
         self._evicted = evicted
+        self._eta_ms = None if eta_ms is None else float(eta_ms)
+        self._evicted_all = evicted_all
+        self._ms_per_job = 0.0
 
     @property
     def job_id(self) -> str:
@@ -269,19 +385,49 @@ class Accepted:
 
     @property
     def evicted(self) -> Job | None:
-        """The job evicted to make room (DROP_LRU), to be reported to its client."""
+        """The (first) job evicted to make room (DROP_LRU), to be reported to its client."""
         return self._evicted
+
+    @property
+    def evicted_all(self) -> tuple[Job, ...]:
+        """Every job evicted to make room, in eviction order (empty when none)."""
+        if self._evicted_all is not None:
+            return self._evicted_all
+        return () if self._evicted is None else (self._evicted,)
+
+    @property
+    def eta_ms(self) -> float | None:
+        """Advisory: milliseconds until the jobs ahead drain at the measured dequeue rate
+        (``position`` over the rate of the metrics window), or None when nothing was dequeued
+        in the window."""
+        ms = self._ms_per_job
+        return self._position * ms if ms else self._eta_ms
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not Accepted:
             return NotImplemented
-        return self._job_id == other._job_id and self._position == other._position and self._evicted is other._evicted
+        mine = self.evicted_all
+        theirs = other.evicted_all
+        return (
+            self._job_id == other._job_id
+            and self._position == other._position
+            and self._evicted is other._evicted
+            and self.eta_ms == other.eta_ms
+            and len(mine) == len(theirs)
+            and all(a is b for a, b in zip(mine, theirs, strict=True))
+        )
 
     def __hash__(self) -> int:
-        return hash((self._job_id, self._position, id(self._evicted)))
+        return hash((self._job_id, self._position, id(self._evicted), self.eta_ms))
 
     def __repr__(self) -> str:
-        return f"Accepted(job_id={self._job_id!r}, position={self._position!r}, evicted={self._evicted!r})"
+        extra = ""
+        eta_ms = self.eta_ms
+        if eta_ms is not None:
+            extra += f", eta_ms={eta_ms!r}"
+        if len(self.evicted_all) > 1:
+            extra += f", evicted_all={self.evicted_all!r}"
+        return f"Accepted(job_id={self._job_id!r}, position={self._position!r}, evicted={self._evicted!r}{extra})"
 
 
 class Rejected:
@@ -321,8 +467,9 @@ class Rejected:
 
     @property
     def retriable(self) -> bool:
-        """True when the same task may be admitted later (``QUEUE_FULL``)."""
-        return self._reason is RejectionReason.QUEUE_FULL
+        """True when the same task may be admitted later (``QUEUE_FULL``, ``DEADLINE_UNMEETABLE``)."""
+        reason = self._reason
+        return reason is RejectionReason.QUEUE_FULL or reason is RejectionReason.DEADLINE_UNMEETABLE
 
     @property
     def policy(self) -> AdmissionPolicy:
@@ -374,23 +521,43 @@ def _make_rejected(reason: RejectionReason, retry_after_ms: int, policy: Admissi
 
 
 class _Entry:
-    __slots__ = ("key", "task", "prio", "enqueued_at", "seq", "lru_prev", "lru_next")
+    __slots__ = ("key", "task", "lane", "enqueued_at", "seq", "lru_prev", "lru_next", "dl_prev", "dl_next", "left_at")
 
     key: str
     task: Task
-    prio: int
+    lane: _Lane
     enqueued_at: float
     seq: int
     lru_prev: _Entry | None
     lru_next: _Entry | None
+    dl_prev: _Entry | None  # deadline lane links (None: no deadline)
+    dl_next: _Entry | None
+    left_at: float  # when it expired (set on the expired list only)
 
 
-class _Class:
-    """One priority class: ring buffer, LRU list and tombstone Fenwick tree."""
+class _Lane:
+    """One tenant's jobs of one priority class: ring buffer, LRU list, tombstone Fenwick tree
+    and its links in the class's round robin (None while the lane is empty)."""
 
-    __slots__ = ("ring", "mask", "head", "tail", "live", "dead", "lru_first", "lru_last", "fen", "fen_ok", "pending")
+    __slots__ = (
+        "ring",
+        "mask",
+        "head",
+        "tail",
+        "live",
+        "dead",
+        "lru_first",
+        "lru_last",
+        "fen",
+        "fen_ok",
+        "pending",
+        "rot_prev",
+        "rot_next",
+        "tenant",
+        "prio",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, prio: int, tenant: _Tenant | None) -> None:
         self.ring: list[_Entry | None] = [None] * _MIN_RING
         self.mask = _MIN_RING - 1
         self.head = 0
@@ -402,6 +569,10 @@ class _Class:
         self.fen: list[int] = [0] * (_MIN_RING + 1)
         self.fen_ok = False
         self.pending: list[int] = []
+        self.rot_prev: _Lane | None = None
+        self.rot_next: _Lane | None = None
+        self.tenant = tenant
+        self.prio = prio
 
     # -- ring -------------------------------------------------------------------------
     def grow(self) -> None:
@@ -584,6 +755,62 @@ class _Class:
         return [e for s in range(self.head, self.tail) if (e := ring[s & mask]) is not None]
 
 
+class _Class:
+    """One priority class: its round robin of non-empty lanes and the default tenant's lane."""
+
+    __slots__ = ("cur", "live", "nlanes", "tokens", "dflt")
+
+    def __init__(self, prio: int) -> None:
+        self.cur: _Lane | None = None  # the lane served next; None when the class is empty
+        self.live = 0  # jobs in the class
+        self.nlanes = 0  # lanes in the round robin
+        self.tokens = 0  # their tokens (kept only with max_queued_tokens)
+        self.dflt = _Lane(prio, None)
+
+    def lanes(self) -> list[_Lane]:
+        """The non-empty lanes in round-robin order, cur first."""
+        out: list[_Lane] = []
+        if not self.live:
+            return out  # (the circle may hold the empty default lane alone)
+        lane = self.cur
+        while lane is not None:
+            out.append(lane)
+            lane = lane.rot_next
+            if lane is self.cur:
+                break
+        return out
+
+
+class _Tenant:
+    """A named tenant with queued work: its job count (both classes) and its two lanes."""
+
+    __slots__ = ("name", "live", "lanes")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.live = 0
+        self.lanes = (_Lane(0, self), _Lane(1, self))
+
+
+class _DLane:
+    """The queued jobs with one max_wait_ms value, in enqueue order (a circular list through
+    the sentinel ``head``: head.dl_next is the first, head.dl_prev the last)."""
+
+    __slots__ = ("max_wait_ms", "head")
+
+    def __init__(self) -> None:
+        self.max_wait_ms = 0.0
+        head = _new(_Entry)
+        head.dl_prev = head.dl_next = head
+        self.head = head
+
+
+def _due_hint(enqueued_at: float, max_wait_ms: float) -> float:
+    # A lower bound (by far more than any rounding) of the first instant at which
+    # (now - enqueued_at) * 1000.0 > max_wait_ms can hold: the sweep itself decides exactly.
+    return enqueued_at + max_wait_ms / 1000.0 - (abs(enqueued_at) + max_wait_ms / 1000.0 + 1.0) * 1e-9
+
+
 def _retry_after(n: int, dequeued_in_window: int, window_s: float) -> int:
     """Milliseconds until ``n`` slots are expected to free at the measured dequeue rate."""
     if dequeued_in_window <= 0 or window_s <= 0:
@@ -597,11 +824,21 @@ def _retry_after(n: int, dequeued_in_window: int, window_s: float) -> int:
 
 
 class Queue:
-    """A bounded admission queue: FIFO per priority, INTERACTIVE before BATCH.
+    """A bounded admission queue: INTERACTIVE before BATCH; within a priority, round robin
+    over tenants and FIFO within a tenant (plain FIFO when no task names a tenant).
 
     ``Queue(capacity, policy=AdmissionPolicy.REJECT_NEW, *, pool_id="default", clock=None,
-    max_tokens_limit=None, id_prefix=None)``. Every method is atomic and thread-safe;
-    ``enqueue`` never blocks and returns ``Accepted`` or ``Rejected``.
+    max_tokens_limit=None, id_prefix=None, max_wait_ms=None, admit_only_feasible=False,
+    max_queued_per_tenant=None, max_queued_tokens=None)``. Every method is atomic and
+    thread-safe; ``enqueue`` returns ``Accepted`` or ``Rejected`` and waits for room only
+    when asked to (``wait=``).
+
+    ``max_wait_ms`` is the deadline of tasks that set none: a job that has waited longer is
+    never dequeued; it expires and is handed over by ``take_expired()``. With
+    ``admit_only_feasible`` a task whose predicted wait already exceeds its deadline is
+    refused (``DEADLINE_UNMEETABLE``). ``max_queued_per_tenant`` caps each named tenant's
+    queued jobs (``POLICY_VIOLATION``); ``max_queued_tokens`` bounds the queued jobs' tokens
+    (``Task.tokens``) alongside the job count, and the policy applies to whichever bound is hit.
     """
 
     __slots__ = (
@@ -613,18 +850,35 @@ class Queue:
         "_limit",
         "_prefix",
         "_prefix_dash",
+        "_max_wait",
+        "_feasible",
+        "_tenant_cap",
+        "_budget",
+        "_plain",
+        "_fancy",
         "_lock",
         "_classes",
         "_index",
+        "_tenants",
+        "_spare_tenants",
+        "_dlanes",
+        "_spare_dlanes",
+        "_dl_jobs",
+        "_dl_due",
+        "_exp_first",
+        "_exp_last",
+        "_queued_tokens",
         "_next_id",
         "_closed",
         "_waiters",
+        "_room_waiters",
         "_accepted",
         "_rejected",
         "_evicted",
         "_cancelled",
         "_dequeued",
         "_drained",
+        "_expired",
         "_created_sec",
         "_created_at",
         "_sec_end",
@@ -636,6 +890,11 @@ class Queue:
         "_win_max",
         "_life_hist",
         "_life_sum",
+        "_rate_lo",
+        "_rate_hi",
+        "_rate_deq",
+        "_rate_win",
+        "_rate_ms",
         "__weakref__",
     )
 
@@ -648,9 +907,16 @@ class Queue:
         clock: Callable[[], float] | None = None,
         max_tokens_limit: int | None = None,
         id_prefix: str | None = None,
+        max_wait_ms: float | None = None,
+        admit_only_feasible: bool = False,
+        max_queued_per_tenant: int | None = None,
+        max_queued_tokens: int | None = None,
     ) -> None:
         cap, pol, pool, clk, limit, prefix = check_queue_args(
             capacity, policy, pool_id, clock, max_tokens_limit, id_prefix
+        )
+        max_wait, feasible, tenant_cap, budget = check_feature_args(
+            max_wait_ms, admit_only_feasible, max_queued_per_tenant, max_queued_tokens
         )
         self._capacity = cap
         self._policy = pol
@@ -660,19 +926,38 @@ class Queue:
         self._limit = limit
         self._prefix = prefix
         self._prefix_dash = prefix + "-"
+        self._max_wait = max_wait
+        self._feasible = feasible
+        self._tenant_cap = tenant_cap
+        self._budget = budget
+        self._plain = max_wait is None and not budget  # plain tasks take the fast path
+        # Sticky: set once a tenant, a deadline, a budget or a waiting producer is seen; until
+        # then a dequeue skips their bookkeeping.
+        self._fancy = not self._plain
         self._lock = threading.Lock()
         _LIVE_QUEUES.add(self)
-        self._classes = (_Class(), _Class())
+        self._classes = (_Class(0), _Class(1))
         self._index: dict[str, _Entry] = {}
+        self._tenants: dict[str, _Tenant] = {}
+        self._spare_tenants: list[_Tenant] = []
+        self._dlanes: list[_DLane] = []
+        self._spare_dlanes: list[_DLane] = []
+        self._dl_jobs = 0
+        self._dl_due = math.inf
+        self._exp_first: _Entry | None = None
+        self._exp_last: _Entry | None = None
+        self._queued_tokens = 0
         self._next_id = 1
         self._closed = False
         self._waiters: deque[Any] = deque()
+        self._room_waiters: deque[Any] = deque()
         self._accepted = 0
-        self._rejected = [0, 0, 0, 0]
+        self._rejected = [0] * len(_REASONS)
         self._evicted = 0
         self._cancelled = 0
         self._dequeued = 0
         self._drained = 0
+        self._expired = 0
         now = self._now()
         self._created_sec = math.floor(now)
         self._created_at = now
@@ -685,6 +970,11 @@ class Queue:
         self._win_max = [0.0] * WINDOW_SLOTS
         self._life_hist = [0] * WAIT_BUCKETS
         self._life_sum = 0.0
+        self._rate_lo = math.inf
+        self._rate_hi = -math.inf
+        self._rate_deq = 0
+        self._rate_win = 0.0
+        self._rate_ms = 0.0
 
     # -- construction helpers ---------------------------------------------------------
     @classmethod
@@ -697,6 +987,11 @@ class Queue:
     def _now(self) -> float:
         clock = self._clock
         return _mono() if clock is None else call_clock(clock)
+
+    def _now_if_deadlines(self) -> float:
+        # The clock is read only while some queued job has a deadline (an overdue job is
+        # expired before any operation looks at the queue); otherwise -inf: no sweep.
+        return self._now() if self._dl_jobs else _NEG_INF
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -719,16 +1014,40 @@ class Queue:
         """True once ``close()`` was called."""
         return self._closed
 
+    @property
+    def max_wait_ms(self) -> float | None:
+        """Deadline of the tasks that set no ``max_wait_ms`` (None: they never expire)."""
+        return self._max_wait
+
+    @property
+    def admit_only_feasible(self) -> bool:
+        """Whether a task whose predicted wait exceeds its deadline is refused at once."""
+        return self._feasible
+
+    @property
+    def max_queued_per_tenant(self) -> int | None:
+        """Most jobs a named tenant may have queued (None: no cap)."""
+        return self._tenant_cap or None
+
+    @property
+    def max_queued_tokens(self) -> int | None:
+        """Bound on the queued jobs' ``Task.tokens`` (None: no bound)."""
+        return self._budget or None
+
     def capacity(self) -> int:
         """The most jobs the queue holds."""
         return self._capacity
 
     def depth(self) -> int:
-        """Jobs queued now."""
+        """Jobs queued now (overdue jobs expire first)."""
+        if self._dl_jobs:
+            self._sweep_at(self._now())
         c = self._classes
         return c[0].live + c[1].live
 
     def __len__(self) -> int:
+        if self._dl_jobs:
+            self._sweep_at(self._now())
         c = self._classes
         return c[0].live + c[1].live
 
@@ -766,6 +1085,32 @@ class Queue:
         win = cur - max(float(cur - WINDOW_S), self._created_at)
         return enq, deq, win if win > 0.0 else 0.0, slots
 
+    def _rate_ms_at(self, now: float) -> float:
+        """Milliseconds per job ahead at the measured rate (0.0: no rate), out of line."""
+        self._rate(now)
+        return self._rate_ms
+
+    def _rate(self, now: float) -> int:
+        """Dequeues in the window at ``now`` (its length in ``_rate_win``), cached per second:
+        the window holds completed seconds only, so it cannot change within a second."""
+        if self._rate_lo <= now < self._rate_hi:
+            return self._rate_deq
+        cur = math.floor(now)
+        lo = max(cur - WINDOW_S, self._created_sec)
+        deq = 0
+        win_sec = self._win_sec
+        win_deq = self._win_deq
+        for i in range(WINDOW_SLOTS):
+            if lo <= win_sec[i] < cur:
+                deq += win_deq[i]
+        self._rate_deq = deq
+        win = cur - max(float(cur - WINDOW_S), self._created_at)  # as _window()
+        self._rate_win = win = win if win > 0.0 else 0.0
+        self._rate_ms = 1000.0 * win / deq if deq else 0.0  # milliseconds per job ahead
+        self._rate_lo = float(cur)  # floats: compared with now on every admission
+        self._rate_hi = float(cur + 1)
+        return deq
+
     # -- id helpers -------------------------------------------------------------------
     def _own_counter(self, job_id: str) -> int:
         """The counter of an id in this queue's own format, or 0."""
@@ -776,124 +1121,583 @@ class Queue:
                 return int(digits, 16)
         return 0
 
-    # -- admission --------------------------------------------------------------------
-    def enqueue(self, task: Task) -> Accepted | Rejected:
-        """Admit ``task`` or refuse it; never blocks.
+    # -- structure helpers (lock held) --------------------------------------------------
+    @staticmethod
+    def _rot_insert(c: _Class, lane: _Lane) -> None:
+        """A lane that gets work joins its class's round robin at the back (just before cur)."""
+        cur = c.cur
+        if cur is not None and not cur.live:
+            # The empty default lane, kept alone in the circle: it leaves for good now.
+            cur.rot_next = cur.rot_prev = None
+            c.cur = cur = None
+            c.nlanes = 0
+        if cur is None:
+            lane.rot_next = lane.rot_prev = lane
+            c.cur = lane
+        else:
+            prev = cur.rot_prev
+            lane.rot_prev = prev
+            lane.rot_next = cur
+            prev.rot_next = lane  # type: ignore[union-attr]
+            cur.rot_prev = lane
+        c.nlanes += 1
 
-        Returns ``Accepted(job_id, position, evicted)`` or ``Rejected(reason, ...)``;
-        raises ``TypeError`` when ``task`` is not a ``Task``.
+    def _rot_remove(self, c: _Class, lane: _Lane) -> None:
+        """Take an emptied lane out of its class's round robin."""
+        nxt = lane.rot_next
+        if nxt is lane:
+            c.cur = None
+        else:
+            prev = lane.rot_prev
+            prev.rot_next = nxt  # type: ignore[union-attr]
+            nxt.rot_prev = prev  # type: ignore[union-attr]
+            if c.cur is lane:
+                c.cur = nxt
+        lane.rot_next = lane.rot_prev = None
+        c.nlanes -= 1
+
+    def _free_tenant(self, tr: _Tenant) -> None:
+        del self._tenants[tr.name]
+        if len(self._spare_tenants) < 4:
+            self._spare_tenants.append(tr)  # its lanes are empty: reusable as is
+
+    def _remove(self, e: _Entry) -> None:
+        """Unlink a queued entry from everything but the job-id index (cancel, evict, expire)."""
+        lane = e.lane
+        c = self._classes[lane.prio]
+        lane.remove(e)
+        lane.lru_unlink(e)
+        c.live -= 1
+        if self._budget:
+            t = e.task._tokens
+            c.tokens -= t
+            self._queued_tokens -= t
+        prev = e.dl_prev
+        if prev is not None:
+            nxt = e.dl_next
+            prev.dl_next = nxt
+            nxt.dl_prev = prev  # type: ignore[union-attr]
+            e.dl_prev = e.dl_next = None
+            self._dl_jobs -= 1
+        if not lane.live:
+            self._rot_remove(c, lane)
+        tr = lane.tenant
+        if tr is not None:
+            tr.live -= 1
+            if not tr.live:
+                self._free_tenant(tr)
+
+    def _pop_rr(self, c: _Class) -> _Entry:
+        """Remove and return the entry ``dequeue`` would take from a non-empty class."""
+        lane = c.cur
+        e = lane.ring[lane.head & lane.mask]  # type: ignore[union-attr]
+        self._remove(e)  # type: ignore[arg-type]
+        if lane.live:  # type: ignore[union-attr]
+            c.cur = lane.rot_next  # type: ignore[union-attr]
+        return e  # type: ignore[return-value]
+
+    def _class_rank(self, c: _Class, lane: _Lane, k: int) -> int:
+        """Jobs of class ``c`` the round robin hands out before ``lane``'s k-th (0-based) job:
+        each lane ahead of it in the circle gives up to k + 1 jobs first, each lane after it
+        up to k, and the lane itself k. O(number of non-empty lanes)."""
+        ahead = k
+        other = c.cur
+        while other is not lane:
+            n = other.live  # type: ignore[union-attr]
+            ahead += n if n <= k else k + 1
+            other = other.rot_next  # type: ignore[union-attr]
+        other = lane.rot_next
+        cur = c.cur
+        while other is not cur:
+            n = other.live  # type: ignore[union-attr]
+            ahead += n if n < k else k
+            other = other.rot_next  # type: ignore[union-attr]
+        return ahead
+
+    def _tail_position(self, c: _Class, lane: _Lane | None, p: int) -> int:
+        """The position a job appended to ``lane`` would get (None: a tenant not queued yet)."""
+        if not c.live:
+            pos = 0
+        elif lane is None or not lane.live:
+            pos = c.nlanes  # a lane that joins the round robin goes last
+        elif lane.rot_next is lane:
+            pos = lane.live
+        else:
+            pos = self._class_rank(c, lane, lane.live)
+        return pos + self._classes[0].live if p else pos
+
+    def _rank_of(self, e: _Entry) -> int:
+        lane = e.lane
+        k = lane.rank(e.seq)
+        c = self._classes[lane.prio]
+        rank = k if lane.rot_next is lane else self._class_rank(c, lane, k)
+        return rank + self._classes[0].live if lane.prio else rank
+
+    @staticmethod
+    def _victim_lane(c: _Class) -> _Lane:
+        """DROP_LRU's lane in a non-empty class: the most jobs; ties: the latest in the round robin."""
+        best = lane = c.cur
+        lane = lane.rot_next  # type: ignore[union-attr]
+        while lane is not c.cur:
+            if lane.live >= best.live:  # type: ignore[union-attr]
+                best = lane
+            lane = lane.rot_next  # type: ignore[union-attr]
+        return best  # type: ignore[return-value]
+
+    def _wake_rooms(self) -> None:
+        """Wake every producer waiting for room (each retries; the rest wait again)."""
+        waiters = self._room_waiters
+        while waiters:
+            waiters.popleft().release()
+
+    def _sweep(self, now: float) -> None:
+        """Expire every job whose wait at ``now`` exceeds its max_wait_ms, earliest deadline
+        first (ties: the shorter max_wait_ms); O(deadline lanes) per expired job."""
+        dlanes = self._dlanes
+        expired = 0
+        while True:
+            best = None
+            best_due = 0.0
+            for dl in dlanes:
+                head = dl.head
+                h = head.dl_next
+                if h is head:
+                    continue
+                mw = dl.max_wait_ms
+                if (now - h.enqueued_at) * 1000.0 > mw:  # type: ignore[union-attr]
+                    due = h.enqueued_at + mw / 1000.0  # type: ignore[union-attr]
+                    if best is None or due < best_due or (due == best_due and mw < best.max_wait_ms):
+                        best = dl
+                        best_due = due
+            if best is None:
+                break
+            e = best.head.dl_next
+            self._remove(e)  # type: ignore[arg-type]
+            del self._index[e.key]  # type: ignore[union-attr]
+            e.left_at = now  # type: ignore[union-attr]
+            e.lru_next = None  # type: ignore[union-attr]
+            if self._exp_last is None:
+                self._exp_first = e
+            else:
+                self._exp_last.lru_next = e
+            self._exp_last = e
+            expired += 1
+        self._expired += expired
+        due = math.inf
+        i = len(dlanes) - 1
+        while i >= 0:
+            dl = dlanes[i]
+            h = dl.head.dl_next
+            if h is dl.head:
+                del dlanes[i]
+                if len(self._spare_dlanes) < 4:
+                    self._spare_dlanes.append(dl)
+            else:
+                d = _due_hint(h.enqueued_at, dl.max_wait_ms)  # type: ignore[union-attr]
+                if d < due:
+                    due = d
+            i -= 1
+        self._dl_due = due
+        if expired and self._room_waiters:
+            self._wake_rooms()
+
+    def _sweep_at(self, now: float) -> None:
+        with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
+
+    # -- admission --------------------------------------------------------------------
+    def enqueue(self, task: Task, wait: float | None = _NO_WAIT) -> Accepted | Rejected:
+        """Admit ``task`` or refuse it.
+
+        Returns ``Accepted(job_id, position, evicted)`` or ``Rejected(reason, ...)``; raises
+        ``TypeError`` when ``task`` is not a ``Task``. ``wait=0`` (default) never blocks; a
+        number of seconds (or None: until room or close) first waits for room when the queue
+        would refuse the task with a retriable reason (full, or its deadline unmeetable),
+        without holding the lock, then decides by the policy (DROP_LRU evicts only then).
         """
         if type(task) is not Task:
             raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
+        if wait is not _NO_WAIT and not (wait == 0 and (type(wait) is float or type(wait) is int)):
+            return self._enqueue_waiting(task, check_timeout(wait, "wait"))
         clock = self._clock
         now = _mono() if clock is None else call_clock(clock)
+        if not (task._plain and self._plain):
+            return self._attempt(task, None, now)  # type: ignore[return-value]
+        # The plain task (no tenant, deadline or budget) with room: the hot path, inlined.
         e = _new(_Entry)
         e.task = task
-        e.prio = p = 0 if task._priority is _INTERACTIVE else 1
         e.enqueued_at = now
+        e.dl_prev = None  # (dl_next is only read when dl_prev is set)
+        p = 0 if task._priority is _INTERACTIVE else 1
         job_id = task._job_id
         own = self._own_counter(job_id) if job_id is not None else 0
-        victim: _Entry | None = None
-        ahead = 0
+        admitted = False
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             classes = self._classes
             inter = classes[0]
-            if self._closed:
-                code = _CLOSED
-            elif self._limit and task._max_tokens > self._limit:
-                code = _OVER_LIMIT
-            elif job_id is not None and job_id in self._index:
-                code = _DUPLICATE
-            else:
-                code = _OK
-                depth = inter.live + classes[1].live
-                if self._policy_code == 2:  # FAIL_FAST
-                    ahead = inter.live if p == 0 else depth
-                    if ahead:
-                        code = _AHEAD
-                    elif depth >= self._capacity:
-                        code = _FULL
-                elif depth >= self._capacity:
-                    if self._policy_code == 1:  # DROP_LRU
-                        if classes[1].live:
-                            victim = classes[1].lru_first
-                        elif p == 0:
-                            victim = inter.lru_first
-                        else:
-                            code = _FULL
-                    else:
-                        code = _FULL
-                if code == _OK:
-                    if victim is not None:
-                        vc = classes[victim.prio]
-                        vc.remove(victim)
-                        vc.lru_unlink(victim)
-                        del self._index[victim.key]
-                        self._evicted += 1
+            if (
+                inter.live + classes[1].live < self._capacity
+                and not self._closed
+                and not (self._limit and task._max_tokens > self._limit)
+                and (job_id is None or job_id not in self._index)
+            ):
+                c = classes[p]
+                lane = c.dflt
+                if lane.rot_next is lane or not c.nlanes:
+                    position = lane.live + inter.live if p else lane.live
+                else:
+                    position = self._tail_position(c, lane, p)
+                if self._policy_code != 2 or not position:
+                    admitted = True
                     if job_id is None:
                         job_id = f"{self._prefix_dash}{self._next_id:x}"
                         self._next_id += 1
                     elif own >= self._next_id:
                         self._next_id = own + 1
                     e.key = job_id
-                    position = inter.live if p == 0 else inter.live + classes[1].live
-                    c = classes[p]
-                    # c.push(e) and c.lru_append(e), inlined: this is the hot path.
-                    tail = c.tail
-                    if tail - c.head > c.mask:
-                        c.grow()
+                    e.lane = lane
+                    if lane.rot_next is None:
+                        # The default lane joins the round robin at the back (just before cur,
+                        # which is not empty: an empty default lane is the only one it keeps).
+                        cur = c.cur
+                        if cur is None:
+                            lane.rot_next = lane.rot_prev = lane
+                            c.cur = lane
+                        else:
+                            prev = cur.rot_prev
+                            lane.rot_prev = prev
+                            lane.rot_next = cur
+                            prev.rot_next = lane  # type: ignore[union-attr]
+                            cur.rot_prev = lane
+                        c.nlanes += 1
+                    # lane.push(e) and lane.lru_append(e), inlined.
+                    tail = lane.tail
+                    if tail - lane.head > lane.mask:
+                        lane.grow()
                     e.seq = tail
-                    c.ring[tail & c.mask] = e
-                    c.tail = tail + 1
-                    c.live += 1
+                    lane.ring[tail & lane.mask] = e
+                    lane.tail = tail + 1
+                    lane.live += 1
                     e.lru_next = None
-                    e.lru_prev = last = c.lru_last
+                    e.lru_prev = last = lane.lru_last
                     if last is None:
-                        c.lru_first = e
+                        lane.lru_first = e
                     else:
                         last.lru_next = e
-                    c.lru_last = e
+                    lane.lru_last = e
+                    c.live += 1
                     self._index[job_id] = e
                     self._accepted += 1
                     slot = self._slot if now < self._sec_end else self._roll(now)
                     self._win_enq[slot] += 1
+                    ms_per_job = self._rate_ms if self._rate_lo <= now < self._rate_hi else self._rate_ms_at(now)
                     if self._waiters:
                         self._waiters.popleft().release()
-            if code != _OK:
-                reason = (
-                    _CLOSED_R
-                    if code == _CLOSED
-                    else _POLICY_R
-                    if code == _OVER_LIMIT
-                    else _INVALID_R
-                    if code == _DUPLICATE
-                    else _FULL_R
-                )
-                self._rejected[_REASON_INDEX[reason]] += 1
-                retry_ms = 0
-                if code in (_FULL, _AHEAD):
-                    _, deq, win, _ = self._window(now)
-                    retry_ms = _retry_after(ahead if code == _AHEAD else 1, deq, win)
+        if not admitted:
+            return self._attempt(task, None, now)  # type: ignore[return-value]
+        res = _new(Accepted)
+        res._job_id = job_id  # type: ignore[assignment]  # set under the lock when admitted
+        res._position = position
+        res._eta_ms = res._evicted = res._evicted_all = None
+        res._ms_per_job = ms_per_job  # eta_ms = position * ms_per_job, multiplied when read
+        return res
+
+    def _enqueue_waiting(self, task: Task, timeout: float) -> Accepted | Rejected:
+        deadline = _mono() + timeout if timeout > 0 else 0.0
+        while True:
+            if timeout > 0 and _mono() >= deadline:
+                timeout = 0.0  # the last attempt decides by the policy
+            waiter = None
+            if timeout != 0:
+                waiter = threading.Lock()
+                waiter.acquire()
+            res = self._attempt(task, waiter)
+            if res is not None:
+                return res
+            assert waiter is not None
+            try:
+                if timeout < 0:
+                    waiter.acquire()
+                else:
+                    remaining = deadline - _mono()
+                    if remaining > 0:
+                        waiter.acquire(True, min(remaining, threading.TIMEOUT_MAX))
+            finally:
+                with self._lock, contextlib.suppress(ValueError):
+                    self._room_waiters.remove(waiter)  # unless already woken
+
+    def _attempt(self, task: Task, waiter: Any, now0: float | None = None) -> Accepted | Rejected | None:
+        """One admission attempt (at ``now0`` if given). With a ``waiter`` a retriable refusal
+        registers it as a room waiter and returns None instead, and DROP_LRU does not evict."""
+        clock = self._clock
+        tenant = task._tenant
+        mw = task._max_wait_ms
+        if mw is None:
+            mw = self._max_wait
+        tokens = task._tokens
+        p = 0 if task._priority is _INTERACTIVE else 1
+        job_id0 = task._job_id
+        own = self._own_counter(job_id0) if job_id0 is not None else 0
+        while True:
+            if now0 is None:
+                now = _mono() if clock is None else call_clock(clock)
+            else:
+                now = now0
+                now0 = None
+            # Records the locked part may need are made here, never under the lock.
+            if tenant is not None and not self._spare_tenants:
+                self._spare_tenants.append(_Tenant())
+            if mw is not None and not self._spare_dlanes:
+                self._spare_dlanes.append(_DLane())
+            e = _new(_Entry)
+            e.task = task
+            e.enqueued_at = now
+            e.dl_prev = e.dl_next = None
+            job_id = job_id0
+            victim_first: _Entry | None = None
+            victim_last: _Entry | None = None
+            ahead = 0
+            position = 0
+            retry_ms = 0
+            eta: float | None = None
+            used = 0
+            pred_ms = 0.0
+            full = _OK
+            dlane: _DLane | None = None
+            with self._lock:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                classes = self._classes
+                inter = classes[0]
+                c = classes[p]
+                budget = self._budget
+                trec: _Tenant | None = None
+                lane: _Lane | None = c.dflt
+                if self._closed:
+                    code = _CLOSED
+                elif self._limit and task._max_tokens > self._limit:
+                    code = _OVER_LIMIT
+                elif budget and tokens > budget:
+                    code = _OVER_BUDGET
+                elif job_id is not None and job_id in self._index:
+                    code = _DUPLICATE
+                else:
+                    code = _OK
+                    if tenant is not None:
+                        trec = self._tenants.get(tenant)
+                        if trec is None:
+                            lane = None
+                        else:
+                            lane = trec.lanes[p]
+                            if self._tenant_cap and trec.live >= self._tenant_cap:
+                                code = _TENANT_CAP
+                                ahead = trec.live
+                    if code == _OK:
+                        # The position it would get: O(1) without tenants.
+                        if lane is not None and lane.rot_next is lane:
+                            position = lane.live
+                            if p:
+                                position += inter.live
+                        else:
+                            position = self._tail_position(c, lane, p)
+                        depth = inter.live + classes[1].live
+                        if depth >= self._capacity:
+                            full = _FULL
+                        elif budget and self._queued_tokens + tokens > budget:
+                            full = _FULL_TOKENS
+                        pol = self._policy_code
+                        if pol == 2:  # FAIL_FAST
+                            if position:
+                                code = _AHEAD
+                                ahead = position
+                            else:
+                                code = full
+                        elif full:
+                            if pol == 1 and waiter is None:
+                                # DROP_LRU: only if evicting every job it may evict makes room.
+                                n_el = classes[1].live
+                                t_el = classes[1].tokens
+                                if p == 0:
+                                    n_el += inter.live
+                                    t_el += inter.tokens
+                                if depth - n_el >= self._capacity:
+                                    code = _FULL
+                                elif budget and self._queued_tokens - t_el + tokens > budget:
+                                    code = _FULL_TOKENS
+                            else:
+                                code = full
+                        if code == _OK and mw is not None and position and self._feasible:
+                            deq = self._rate(now)
+                            if deq:
+                                win = self._rate_win
+                                pred_ms = position * self._rate_ms
+                                if pred_ms > mw:
+                                    code = _UNMEETABLE
+                                    ahead = position
+                                    n = position - math.floor(mw * deq / (1000.0 * win))
+                                    retry_ms = _retry_after(n if n > 0 else 1, deq, win)
+                        if code == _OK:
+                            if mw is not None:
+                                for dl in self._dlanes:
+                                    if dl.max_wait_ms == mw:
+                                        dlane = dl
+                                        break
+                                else:
+                                    if not self._spare_dlanes:
+                                        code = _RETRY
+                            if trec is None and tenant is not None and not self._spare_tenants:
+                                code = _RETRY
+                if code == _OK:
+                    # Admitted: from here on nothing can fail.
+                    if tenant is not None:
+                        if trec is None:
+                            trec = self._spare_tenants.pop()
+                            trec.name = tenant
+                            self._tenants[tenant] = trec
+                        lane = trec.lanes[p]
+                        trec.live += 1  # counted before evicting: an eviction cannot free it
+                        self._fancy = True
+                    assert lane is not None
+                    if full:  # DROP_LRU: evict until both bounds fit
+                        cap = self._capacity
+                        nvict = 0
+                        while inter.live + classes[1].live >= cap or (budget and self._queued_tokens + tokens > budget):
+                            vc = classes[1] if classes[1].live else inter
+                            v = self._victim_lane(vc).lru_first
+                            self._remove(v)  # type: ignore[arg-type]
+                            del self._index[v.key]  # type: ignore[union-attr]
+                            if victim_last is None:
+                                victim_first = v
+                            else:
+                                victim_last.lru_next = v
+                            victim_last = v
+                            nvict += 1
+                        self._evicted += nvict
+                        position = self._tail_position(c, lane, p)
+                    if mw is not None:
+                        if dlane is None:
+                            dlane = self._spare_dlanes.pop()
+                            dlane.max_wait_ms = mw
+                            self._dlanes.append(dlane)
+                        sentinel = dlane.head
+                        last = sentinel.dl_prev
+                        e.dl_prev = last
+                        e.dl_next = sentinel
+                        last.dl_next = e  # type: ignore[union-attr]
+                        sentinel.dl_prev = e
+                        self._dl_jobs += 1
+                        self._fancy = True
+                        if last is sentinel:
+                            d = _due_hint(now, mw)
+                            if d < self._dl_due:
+                                self._dl_due = d
+                    if job_id is None:
+                        job_id = f"{self._prefix_dash}{self._next_id:x}"
+                        self._next_id += 1
+                    elif own >= self._next_id:
+                        self._next_id = own + 1
+                    e.key = job_id
+                    e.lane = lane
+                    if lane.rot_next is None:
+                        self._rot_insert(c, lane)
+                    # lane.push(e) and lane.lru_append(e), inlined: this is the hot path.
+                    tail = lane.tail
+                    if tail - lane.head > lane.mask:
+                        lane.grow()
+                    e.seq = tail
+                    lane.ring[tail & lane.mask] = e
+                    lane.tail = tail + 1
+                    lane.live += 1
+                    e.lru_next = None
+                    e.lru_prev = last_used = lane.lru_last
+                    if last_used is None:
+                        lane.lru_first = e
+                    else:
+                        last_used.lru_next = e
+                    lane.lru_last = e
+                    c.live += 1
+                    if budget:
+                        c.tokens += tokens
+                        self._queued_tokens += tokens
+                    self._index[job_id] = e
+                    self._accepted += 1
+                    slot = self._slot if now < self._sec_end else self._roll(now)
+                    self._win_enq[slot] += 1
+                    deq = self._rate_deq if self._rate_lo <= now < self._rate_hi else self._rate(now)
+                    if deq:
+                        eta = position * self._rate_ms
+                    if self._waiters:
+                        self._waiters.popleft().release()
+                elif code != _RETRY:
+                    if waiter is not None and code in (_FULL, _FULL_TOKENS, _AHEAD, _UNMEETABLE):
+                        self._room_waiters.append(waiter)
+                        self._fancy = True
+                        code = _WAIT
+                    else:
+                        self._rejected[_CODE_REASON[code]] += 1
+                        if code in (_FULL, _FULL_TOKENS, _AHEAD):
+                            deq = self._rate(now)
+                            retry_ms = _retry_after(ahead if code == _AHEAD else 1, deq, self._rate_win)
+                            used = self._queued_tokens
+            if code != _RETRY:
+                break
         if code != _OK:
-            return _make_rejected(reason, retry_ms, self._policy, self._refusal_message(code, task, ahead))
+            if code == _WAIT:
+                return None
+            return _make_rejected(
+                _REASONS[_CODE_REASON[code]],
+                retry_ms,
+                self._policy,
+                self._refusal_message(code, task, ahead, used, pred_ms, mw),
+            )
         res = _new(Accepted)
         res._job_id = job_id  # type: ignore[assignment]  # set under the lock when accepted
         res._position = position
-        if victim is None:
+        res._eta_ms = eta
+        res._ms_per_job = 0.0
+        if victim_first is None:
             res._evicted = None
+            res._evicted_all = None
         else:
-            res._evicted = _make_job(victim.key, victim.task, victim.enqueued_at, (now - victim.enqueued_at) * 1000.0)
+            jobs = []
+            v = victim_first
+            while v is not None:
+                jobs.append(_make_job(v.key, v.task, v.enqueued_at, (now - v.enqueued_at) * 1000.0))
+                if v is victim_last:
+                    break
+                v = v.lru_next
+            res._evicted = jobs[0]
+            res._evicted_all = tuple(jobs) if len(jobs) > 1 else None
         return res
 
-    def _refusal_message(self, code: int, task: Task, ahead: int) -> str:
+    def _refusal_message(self, code: int, task: Task, ahead: int, used: int, pred_ms: float, mw: float | None) -> str:
         if code == _CLOSED:
             return f"queue {self._pool_id!r} is closed"
         if code == _OVER_LIMIT:
             return f"max_tokens {task._max_tokens} exceeds this queue's max_tokens_limit {self._limit}"
+        if code == _OVER_BUDGET:
+            return f"task of {task._tokens} tokens exceeds this queue's max_queued_tokens {self._budget}"
         if code == _DUPLICATE:
             return f"job_id {task._job_id!r} is already queued"
+        if code == _TENANT_CAP:
+            return (
+                f"tenant {task._tenant!r} already has {ahead} job(s) queued (max_queued_per_tenant {self._tenant_cap})"
+            )
         if code == _AHEAD:
             return f"fail-fast: {ahead} job(s) queued ahead of this {task._priority.value} task"
+        if code == _UNMEETABLE:
+            return (
+                f"deadline unmeetable: {ahead} job(s) ahead would take about {pred_ms:.0f} ms "
+                f"at the measured dequeue rate, over max_wait_ms {mw:g}"
+            )
+        if code == _FULL_TOKENS:
+            msg = f"queue {self._pool_id!r} is full ({used} of {self._budget} queued tokens)"
+            if self._policy is _DROP_LRU:
+                msg += "; evicting every batch job would not make room for this batch task"
+            return msg
         if self._policy is _DROP_LRU:
             return (
                 f"queue {self._pool_id!r} is full ({self._capacity}) of interactive jobs; "
@@ -903,38 +1707,60 @@ class Queue:
 
     # -- leaving the queue ------------------------------------------------------------
     def _pop_locked(self, now: float) -> _Entry | None:
+        if now >= self._dl_due:
+            self._sweep(now)
         classes = self._classes
         c = classes[0]
         if not c.live:
             c = classes[1]
             if not c.live:
                 return None
-        # c.pop_head() and c.lru_unlink(e), inlined: this is the hot path.
-        ring = c.ring
-        idx = c.head & c.mask
+        lane = c.cur
+        # lane.pop_head() and lane.lru_unlink(e), inlined: this is the hot path.
+        ring = lane.ring  # type: ignore[union-attr]
+        idx = lane.head & lane.mask  # type: ignore[union-attr]
         e = ring[idx]
         ring[idx] = None
-        head = c.head + 1
-        c.head = head
-        c.live -= 1
-        if c.dead or (c.mask >= _MIN_RING and (c.tail - head) * 4 <= c.mask + 1):
-            c.after_head_moved()
-        elif head == c.tail:
+        head = lane.head + 1  # type: ignore[union-attr]
+        lane.head = head  # type: ignore[union-attr]
+        lane.live -= 1  # type: ignore[union-attr]
+        if lane.dead or (lane.mask >= _MIN_RING and (lane.tail - head) * 4 <= lane.mask + 1):  # type: ignore[union-attr]
+            lane.after_head_moved()  # type: ignore[union-attr]
+        elif head == lane.tail:  # type: ignore[union-attr]
             # Empty: restart at 0 (as after_head_moved would).
-            c.head = c.tail = 0
-            c.fen_ok = False
-            if c.pending:
-                c.pending.clear()
+            lane.head = lane.tail = 0  # type: ignore[union-attr]
+            lane.fen_ok = False  # type: ignore[union-attr]
+            if lane.pending:  # type: ignore[union-attr]
+                lane.pending.clear()  # type: ignore[union-attr]
         prev = e.lru_prev  # type: ignore[union-attr]
         nxt = e.lru_next  # type: ignore[union-attr]
         if prev is None:
-            c.lru_first = nxt
+            lane.lru_first = nxt  # type: ignore[union-attr]
         else:
             prev.lru_next = nxt
         if nxt is None:
-            c.lru_last = prev
+            lane.lru_last = prev  # type: ignore[union-attr]
         else:
             nxt.lru_prev = prev
+        c.live -= 1
+        nxt = lane.rot_next  # type: ignore[union-attr]
+        if lane.live:  # type: ignore[union-attr]
+            c.cur = nxt
+        elif nxt is lane and lane.tenant is None:  # type: ignore[union-attr]
+            pass  # the default lane, alone: it stays in the circle, empty, until another lane joins
+        else:
+            # self._rot_remove(c, lane), inlined (lane is cur)
+            if nxt is lane:
+                c.cur = None
+            else:
+                prev = lane.rot_prev  # type: ignore[union-attr]
+                prev.rot_next = nxt  # type: ignore[union-attr]
+                nxt.rot_prev = prev  # type: ignore[union-attr]
+                c.cur = nxt
+            lane.rot_next = lane.rot_prev = None  # type: ignore[union-attr]
+            c.nlanes -= 1
+        if self._fancy:
+            self._pop_extras(c, lane, e)  # type: ignore[arg-type]
         del self._index[e.key]  # type: ignore[union-attr]
         self._dequeued += 1
         # self._record_wait(...), inlined
@@ -957,7 +1783,28 @@ class Queue:
             self._win_max[slot] = wait_ms
         self._life_hist[idx] += 1
         self._life_sum += wait_ms
+        if self._fancy and self._room_waiters:
+            self._wake_rooms()
         return e
+
+    def _pop_extras(self, c: _Class, lane: _Lane, e: _Entry) -> None:
+        """The tenant, token and deadline bookkeeping of a dequeue (lock held; only once a
+        queue has seen any of them, see ``_fancy``)."""
+        if self._budget:
+            t = e.task._tokens
+            c.tokens -= t
+            self._queued_tokens -= t
+        dprev = e.dl_prev
+        if dprev is not None:
+            dnext = e.dl_next
+            dprev.dl_next = dnext
+            dnext.dl_prev = dprev  # type: ignore[union-attr]
+            self._dl_jobs -= 1
+        tr = lane.tenant
+        if tr is not None:
+            tr.live -= 1
+            if not tr.live:
+                self._free_tenant(tr)
 
     def _remove_waiter(self, waiter: Any) -> bool:
         try:
@@ -980,7 +1827,7 @@ class Queue:
                 # pass the wake-up on.
                 if was_woken:
                     with self._lock:
-                        if self._waiters and self.depth():
+                        if self._waiters and (self._classes[0].live or self._classes[1].live):
                             self._waiters.popleft().release()
                 raise
             was_woken = False
@@ -1012,7 +1859,11 @@ class Queue:
                 waiter.acquire(True, remaining)
             except BaseException:
                 with self._lock:
-                    if not self._remove_waiter(waiter) and self._waiters and self.depth():
+                    if (
+                        not self._remove_waiter(waiter)
+                        and self._waiters
+                        and (self._classes[0].live or self._classes[1].live)
+                    ):
                         # Woken for a job we will not take: pass the wake-up on.
                         self._waiters.popleft().release()
                 raise
@@ -1023,7 +1874,8 @@ class Queue:
                 timeout = 0.0  # one last non-blocking attempt
 
     def dequeue(self, timeout: float | None = 0.0) -> Job | None:
-        """The next job (INTERACTIVE first, FIFO within a priority), or None.
+        """The next job, or None: INTERACTIVE first; within a priority round robin over
+        tenants, FIFO within a tenant. An overdue job is never handed out (it expires).
 
         ``timeout=0`` (default) never waits; a number waits up to that many seconds;
         ``None`` waits until a job arrives or the queue is closed and empty. A wait never
@@ -1057,22 +1909,43 @@ class Queue:
         taken, now = self._take(n, check_timeout(timeout))
         return [_make_job(e.key, e.task, e.enqueued_at, (now - e.enqueued_at) * 1000.0) for e in taken]
 
+    def take_expired(self) -> list[Job]:
+        """The jobs that expired since the last call (earliest deadline first), to be reported
+        to their clients. An expired job waited longer than its ``max_wait_ms`` (the task's,
+        else the queue's); its ``wait_ms`` is how long it had waited when it expired. Expired
+        jobs free their place at once but are held here until taken: call this regularly."""
+        now = self._now_if_deadlines()
+        with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
+            e = self._exp_first
+            self._exp_first = self._exp_last = None
+        out = []
+        while e is not None:
+            out.append(_make_job(e.key, e.task, e.enqueued_at, (e.left_at - e.enqueued_at) * 1000.0))
+            e = e.lru_next
+        return out
+
     def drain(self) -> list[Job]:
         """Remove and return every queued job in dequeue order (counted as drained)."""
         now = self._now()
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             taken: list[_Entry] = []
             for c in self._classes:
                 while c.live:
-                    e = c.pop_head()
-                    c.lru_unlink(e)
+                    e = self._pop_rr(c)
+                    del self._index[e.key]
                     taken.append(e)
-            self._index.clear()
             self._drained += len(taken)
+            if taken and self._room_waiters:
+                self._wake_rooms()
         return [_make_job(e.key, e.task, e.enqueued_at, (now - e.enqueued_at) * 1000.0) for e in taken]
 
     def close(self) -> None:
-        """Refuse further enqueues (``QUEUE_CLOSED``) and wake every blocked consumer.
+        """Refuse further enqueues (``QUEUE_CLOSED``) and wake every blocked consumer and
+        producer.
 
         Queued jobs can still be dequeued or drained. Idempotent.
         """
@@ -1081,53 +1954,87 @@ class Queue:
             waiters = self._waiters
             while waiters:
                 waiters.popleft().release()
+            self._wake_rooms()
 
     # -- by job id --------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
         """Remove a queued job; False if it is not queued. Idempotent."""
         if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
+        now = self._now_if_deadlines()
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             e = self._index.pop(job_id, None)
             if e is None:
                 return False
-            c = self._classes[e.prio]
-            c.remove(e)
-            c.lru_unlink(e)
+            self._remove(e)
             self._cancelled += 1
+            if self._room_waiters:
+                self._wake_rooms()
         return True
 
     def touch(self, job_id: str) -> bool:
-        """Mark a queued job as just used (DROP_LRU evicts it last); False if not queued."""
+        """Mark a queued job as just used (DROP_LRU evicts it last in its tenant); False if not queued."""
         if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
+        now = self._now_if_deadlines()
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             e = self._index.get(job_id)
             if e is None:
                 return False
-            c = self._classes[e.prio]
-            if c.lru_last is not e:
-                c.lru_unlink(e)
-                c.lru_append(e)
+            lane = e.lane
+            if lane.lru_last is not e:
+                lane.lru_unlink(e)
+                lane.lru_append(e)
         return True
 
     def position(self, job_id: str) -> int | None:
-        """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued."""
+        """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued.
+
+        O(log n) without tenants; with tenants O(log n + m), m the tenants with queued work
+        in the job's priority.
+        """
         if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
+        now = self._now_if_deadlines()
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             e = self._index.get(job_id)
             if e is None:
                 return None
-            rank = self._classes[e.prio].rank(e.seq)
-            return rank if e.prio == 0 else rank + self._classes[0].live
+            return self._rank_of(e)
+
+    def eta_ms(self, job_id: str) -> float | None:
+        """Advisory: milliseconds until the jobs ahead of this one drain at the measured
+        dequeue rate (``position`` over the rate of the metrics window); None if it is not
+        queued or nothing was dequeued in the window."""
+        if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
+            job_id = check_job_id(job_id)
+        now = self._now()
+        with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
+            e = self._index.get(job_id)
+            if e is None:
+                return None
+            deq = self._rate(now)
+            if not deq:
+                return None
+            return self._rank_of(e) * self._rate_ms
 
     def __contains__(self, job_id: object) -> bool:
         if type(job_id) is not str:
             if not isinstance(job_id, str):
                 return False
             job_id = str.__str__(job_id)  # never a subclass's __hash__ / __eq__
+        now = self._now_if_deadlines()
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             return job_id in self._index
 
     def snapshot(self, priority: Priority | str | None = None) -> list[str]:
@@ -1137,25 +2044,64 @@ class Queue:
             if priority is None
             else (self._classes[_PRIORITIES.index(Priority.parse(priority, "priority"))],)
         )
+        now = self._now_if_deadlines()
         with self._lock:
-            return [e.key for c in classes for e in c.iter_live()]
+            if now >= self._dl_due:
+                self._sweep(now)
+            out: list[str] = []
+            for c in classes:
+                lanes = [lane.iter_live() for lane in c.lanes()]
+                k = 0
+                while lanes:
+                    rest = []
+                    for items in lanes:
+                        out.append(items[k].key)
+                        if len(items) > k + 1:
+                            rest.append(items)
+                    lanes = rest
+                    k += 1
+            return out
 
     def lru_order(self, priority: Priority | str) -> list[str]:
-        """Job ids of one class from least to most recently used (DROP_LRU's victim first)."""
+        """Job ids of one class in the order DROP_LRU would evict them: least recently used
+        first (enqueue and ``touch`` make a job recent); with tenants, each eviction takes
+        from the tenant with the most jobs in the class (ties: the latest in the round robin)."""
         c = self._classes[_PRIORITIES.index(Priority.parse(priority, "priority"))]
+        now = self._now_if_deadlines()
         with self._lock:
-            out = []
-            e = c.lru_first
-            while e is not None:
-                out.append(e.key)
-                e = e.lru_next
-            return out
+            if now >= self._dl_due:
+                self._sweep(now)
+            per_lane: list[list[str]] = []
+            for lane in c.lanes():
+                keys = []
+                e = lane.lru_first
+                while e is not None:
+                    keys.append(e.key)
+                    e = e.lru_next
+                per_lane.append(keys)
+        if len(per_lane) == 1:
+            return per_lane[0]
+        heap = [(-len(keys), -i) for i, keys in enumerate(per_lane)]
+        heapq.heapify(heap)
+        taken = [0] * len(per_lane)
+        out = []
+        while heap:
+            neg_n, neg_i = heapq.heappop(heap)
+            i = -neg_i
+            out.append(per_lane[i][taken[i]])
+            taken[i] += 1
+            if neg_n < -1:
+                heapq.heappush(heap, (neg_n + 1, neg_i))
+        return out
 
     # -- metrics ----------------------------------------------------------------------
     def metrics(self) -> QueueMetrics:
-        """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth)."""
+        """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth,
+        O(m) in the tenants with queued work)."""
         now = self._now()
         with self._lock:
+            if now >= self._dl_due:
+                self._sweep(now)
             enq, deq, win, slots = self._window(now)
             hist = [0] * WAIT_BUCKETS
             wmax = 0.0
@@ -1165,7 +2111,12 @@ class Queue:
                     hist[b] += h[b]
                 wmax = max(wmax, self._win_max[i])
             c0, c1 = self._classes
-            heads = [c.ring[c.head & c.mask].enqueued_at for c in (c0, c1) if c.live]  # type: ignore[union-attr]
+            oldest = None
+            for c in (c0, c1):
+                for lane in c.lanes():
+                    t = lane.ring[lane.head & lane.mask].enqueued_at  # type: ignore[union-attr]
+                    if oldest is None or t < oldest:
+                        oldest = t
             raw = (
                 now,
                 self._capacity,
@@ -1177,7 +2128,7 @@ class Queue:
                 self._cancelled,
                 self._dequeued,
                 self._drained,
-                min(heads) if heads else None,
+                oldest,
                 win,
                 enq,
                 deq,
@@ -1187,6 +2138,8 @@ class Queue:
                 self._life_sum,
                 _retry_after(1, deq, win),
                 self._closed,
+                self._expired,
+                self._queued_tokens if self._budget else None,
             )
         return build_metrics(self._pool_id, self._policy.value, raw)
 
@@ -1214,6 +2167,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     for q in _FORK_HELD:
         q._waiters.clear()
+        q._room_waiters.clear()
         q._lock.release()
     _FORK_HELD.clear()
 
@@ -1226,3 +2180,15 @@ _POLICY_R: Final = RejectionReason.POLICY_VIOLATION
 _INVALID_R: Final = RejectionReason.INVALID_REQUEST
 _FULL_R: Final = RejectionReason.QUEUE_FULL
 _REASON_INDEX: Final = {r: i for i, r in enumerate(_REASONS)}
+# Refusal code -> index of its RejectionReason.
+_CODE_REASON: Final = {
+    _FULL: 0,
+    _FULL_TOKENS: 0,
+    _AHEAD: 0,
+    _DUPLICATE: 1,
+    _OVER_LIMIT: 2,
+    _OVER_BUDGET: 2,
+    _TENANT_CAP: 2,
+    _CLOSED: 3,
+    _UNMEETABLE: 4,
+}

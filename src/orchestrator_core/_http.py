@@ -14,13 +14,14 @@ _STATUS = {
     RejectionReason.INVALID_REQUEST: 400,
     RejectionReason.POLICY_VIOLATION: 400,
     RejectionReason.QUEUE_CLOSED: 503,
+    RejectionReason.DEADLINE_UNMEETABLE: 429,
 }
 
 
 def rejected_to_http(rejected: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
     """``(status, headers, body)``.
 
-    429 for retriable refusals (``QUEUE_FULL``), 400 for invalid requests and policy
+    429 for retriable refusals (``QUEUE_FULL``, ``DEADLINE_UNMEETABLE``), 400 for invalid requests and policy
     violations, 503 for a closed queue. Retriable refusals carry ``Retry-After`` (whole
     seconds, rounded up, at least 1) and ``X-Backoff-Ms``. The body is JSON-ready:
     ``{code, message, policy_label, retriable, retry_after_ms}``.

@@ -2,7 +2,8 @@
 
 The engines record, per queue, in C data (or plain lists in the twin):
 
-* lifetime counters (accepted, rejected by reason, evicted, cancelled, dequeued, drained);
+* lifetime counters (accepted, rejected by reason, evicted, cancelled, dequeued, drained,
+  expired);
 * a lifetime wait-time histogram of dequeued jobs with ``WAIT_BUCKETS`` buckets;
 * a sliding window of ``WINDOW_S`` one-second slots on the queue's clock, each with the
   number of enqueues and dequeues, a wait histogram and the longest wait of that second.
@@ -92,7 +93,7 @@ class QueueMetrics:
     """An immutable snapshot of one queue, taken in O(1) of its depth.
 
     Counters are lifetime totals and always balance:
-    ``accepted == dequeued + cancelled + evicted + drained + depth``.
+    ``accepted == dequeued + cancelled + evicted + drained + expired + depth``.
     Rates and wait percentiles cover the last ``window_s`` completed seconds of the
     queue's clock (see ``orchestrator_core._stats`` for the histogram's error bound).
     """
@@ -121,6 +122,10 @@ class QueueMetrics:
     wait_histogram: tuple[int, ...]
     wait_sum_ms: float
     closed: bool
+    #: Jobs that waited longer than their ``max_wait_ms`` and left the queue (see ``Queue.take_expired``).
+    expired: int = 0
+    #: Sum of ``max_tokens + prompt_tokens`` of the queued jobs; None unless ``max_queued_tokens`` is set.
+    queued_tokens: int | None = None
 
     @property
     def rejected_total(self) -> int:
@@ -141,10 +146,11 @@ class QueueMetrics:
 def build_metrics(pool_id: str, policy: str, raw: tuple[Any, ...]) -> QueueMetrics:
     """Turn an engine's raw snapshot tuple into a ``QueueMetrics``.
 
-    ``raw`` is ``(now, capacity, depth_interactive, depth_batch, accepted, rejected[4],
+    ``raw`` is ``(now, capacity, depth_interactive, depth_batch, accepted, rejected[5],
     evicted, cancelled, dequeued, drained, oldest_enqueued_at or None, window_s,
     window_enqueued, window_dequeued, window_hist, window_max_ms, lifetime_hist,
-    lifetime_sum_ms, retry_after_ms, closed)``.
+    lifetime_sum_ms, retry_after_ms, closed[, expired, queued_tokens])``. A ``rejected`` tuple
+    shorter than ``RejectionReason`` (a backend that predates a reason) counts 0 for the rest.
     """
     (
         now,
@@ -167,7 +173,9 @@ def build_metrics(pool_id: str, policy: str, raw: tuple[Any, ...]) -> QueueMetri
         life_sum,
         retry_after_ms,
         closed,
-    ) = raw
+    ) = raw[:20]
+    expired, queued_tokens = raw[20:22] if len(raw) >= 22 else (0, None)
+    rejected = tuple(rejected) + (0,) * (len(_REASONS) - len(rejected))
     win_total = sum(win_hist)
     return QueueMetrics(
         pool_id=pool_id,
@@ -194,4 +202,6 @@ def build_metrics(pool_id: str, policy: str, raw: tuple[Any, ...]) -> QueueMetri
         wait_histogram=tuple(life_hist),
         wait_sum_ms=life_sum,
         closed=closed,
+        expired=expired,
+        queued_tokens=queued_tokens,
     )

@@ -55,3 +55,5 @@ class RejectionReason(_ParsedEnum):
     INVALID_REQUEST = "INVALID_REQUEST"
     POLICY_VIOLATION = "POLICY_VIOLATION"
     QUEUE_CLOSED = "QUEUE_CLOSED"
+    #: ``admit_only_feasible``: the task's predicted wait already exceeds its ``max_wait_ms``.
+    DEADLINE_UNMEETABLE = "DEADLINE_UNMEETABLE"

@@ -22,8 +22,12 @@ __all__ = [
     "call_clock",
     "check_clock_value",
     "check_count",
+    "check_feature_args",
     "check_job_id",
+    "check_max_wait_ms",
+    "check_prompt_tokens",
     "check_queue_args",
+    "check_tenant",
     "check_timeout",
     "new_id_prefix",
     "raise_task_error",
@@ -88,6 +92,58 @@ def raise_task_error(
     if job_id is not None:
         check_job_id(job_id)
     raise AssertionError("raise_task_error called with valid arguments")  # pragma: no cover
+
+
+def check_tenant(tenant: object, param: str = "tenant") -> str:
+    """A tenant name: the same rules as a job id (exact ``str``, 1 to 128 printable characters)."""
+    return check_job_id(tenant, param)
+
+
+def check_max_wait_ms(value: object, param: str = "max_wait_ms") -> float:
+    """A deadline in milliseconds: a finite number > 0, returned as a float."""
+    if not _is_real(value):
+        raise TypeError(f"{param} must be a positive number of milliseconds or None, got {value!r}")
+    ms = float(value)  # type: ignore[arg-type]
+    if not (0.0 < ms < math.inf):  # also refuses nan
+        raise ValueError(f"{param} must be a positive number of milliseconds or None, got {value!r}")
+    return ms
+
+
+def check_prompt_tokens(value: object, param: str = "prompt_tokens") -> int:
+    """A token count of the prompt: an int >= 0."""
+    if not _is_int(value):
+        raise TypeError(f"{param} must be a non-negative int or None, got {value!r}")
+    if value < 0:  # type: ignore[operator]
+        raise ValueError(f"{param} must be a non-negative int or None, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_optional_count(value: object, param: str) -> int:
+    """None (returned as 0: no bound) or a positive int below 2**62."""
+    if value is None:
+        return 0
+    if not _is_int(value):
+        raise TypeError(f"{param} must be a positive int or None, got {value!r}")
+    if value <= 0:  # type: ignore[operator]
+        raise ValueError(f"{param} must be a positive int or None, got {value!r}")
+    if value >= 2**62:  # type: ignore[operator]
+        raise ValueError(f"{param} must be below 2**62, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_feature_args(
+    max_wait_ms: object,
+    admit_only_feasible: object,
+    max_queued_per_tenant: object,
+    max_queued_tokens: object,
+) -> tuple[float | None, bool, int, int]:
+    """Validate the deadline, fairness and budget options of ``Queue(...)`` (0 = no bound)."""
+    wait = None if max_wait_ms is None else check_max_wait_ms(max_wait_ms)
+    if type(admit_only_feasible) is not bool:
+        raise TypeError(f"admit_only_feasible must be a bool, got {admit_only_feasible!r}")
+    per_tenant = _check_optional_count(max_queued_per_tenant, "max_queued_per_tenant")
+    tokens = _check_optional_count(max_queued_tokens, "max_queued_tokens")
+    return wait, admit_only_feasible, per_tenant, tokens
 
 
 def check_timeout(timeout: object, param: str = "timeout") -> float:

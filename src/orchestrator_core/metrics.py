@@ -22,8 +22,9 @@ Every series carries a ``pool_id`` label (unique per collector). The families:
 * ``orchd_admission_enqueued_total{outcome}`` (counter, ``accepted`` / ``rejected``),
   ``orchd_admission_rejected_total{reason}`` (counter, one series per ``RejectionReason``),
   ``orchd_admission_evicted_total``, ``orchd_admission_dequeued_total``,
-  ``orchd_admission_cancelled_total``, ``orchd_admission_drained_total`` (counters); they
-  balance: accepted == dequeued + cancelled + evicted + drained + depth;
+  ``orchd_admission_cancelled_total``, ``orchd_admission_drained_total``,
+  ``orchd_admission_expired_total`` (counters); they balance:
+  accepted == dequeued + cancelled + evicted + drained + expired + depth;
 * ``orchd_admission_enqueue_rate_per_second`` / ``orchd_admission_dequeue_rate_per_second``
   (gauges): the engine's own rates over its last ``window_s`` completed seconds (PromQL's
   ``rate()`` over the counters is the usual alternative);
@@ -216,6 +217,7 @@ class QueueCollector:
             f.dequeued.add_metric(pool, m.dequeued)
             f.cancelled.add_metric(pool, m.cancelled)
             f.drained.add_metric(pool, m.drained)
+            f.expired.add_metric(pool, m.expired)
             f.enqueue_rate.add_metric(pool, m.enqueue_rate_per_s)
             f.dequeue_rate.add_metric(pool, m.dequeue_rate_per_s)
             f.oldest_age.add_metric(pool, 0.0 if m.oldest_age_ms is None else m.oldest_age_ms / 1000.0)
@@ -246,6 +248,7 @@ class _Families:
         "enqueue_rate",
         "enqueued",
         "evicted",
+        "expired",
         "oldest_age",
         "rejected",
         "retry_after",
@@ -284,6 +287,11 @@ class _Families:
         )
         self.drained = CounterMetricFamily(
             "orchd_admission_drained_total", "Queued jobs removed by drain.", labels=pool
+        )
+        self.expired = CounterMetricFamily(
+            "orchd_admission_expired_total",
+            "Queued jobs that waited longer than their max_wait_ms (handed over by take_expired).",
+            labels=pool,
         )
         self.enqueue_rate = GaugeMetricFamily(
             "orchd_admission_enqueue_rate_per_second",
@@ -325,6 +333,7 @@ class _Families:
             self.dequeued,
             self.cancelled,
             self.drained,
+            self.expired,
             self.enqueue_rate,
             self.dequeue_rate,
             self.oldest_age,

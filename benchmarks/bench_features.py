@@ -1,0 +1,172 @@
+"""What deadlines, tenants and token budgets cost on the hot path (issue 10), on both engines.
+
+Run: ``PYTHONPATH=src python3 -m pytest benchmarks/bench_features.py --benchmark-only``.
+
+Names are stable for baseline comparison: group ``features-pair`` times one ``enqueue`` + ``dequeue``
+of prebuilt tasks (``OPS`` pairs per round, so microseconds per round read as nanoseconds per pair)
+with the test id ``<engine>-<case>``:
+
+* ``plain``: a default queue and task: the features unused (must be within noise of the plain
+  queue before the features existed);
+* ``deadline``: every task has a ``max_wait_ms`` that never expires (one deadline lane);
+* ``budget``: the queue has a ``max_queued_tokens`` (tokens are counted in and out);
+* ``tenant``: every task names the same tenant (one lane, a tenant record made and freed per pair);
+* ``tenants-16``: 16 tenants with 8 jobs each queued behind; pairs rotate through the tenants
+  (the round-robin walk for ``Accepted.position`` is over 16 lanes);
+* ``all``: deadline, budget and the 16 tenants together.
+
+Group ``features-position`` times ``position()`` at depth 10,000 spread over 1 or 100 tenants, and
+``features-memory`` the traced bytes per queued job with a tenant and a deadline on every task.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import tracemalloc
+from itertools import cycle, islice
+from types import ModuleType
+from typing import Any
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from orchestrator_core import _core_py as core_py
+
+NO_EXTENSIONS = os.environ.get("ORCHESTRATOR_CORE_NO_EXTENSIONS", "") not in ("", "0")
+core_c: ModuleType | None = None
+if not NO_EXTENSIONS:
+    try:
+        core_c = importlib.import_module("orchestrator_core._core_c")
+    except ImportError:
+        if os.environ.get("ORCHESTRATOR_CORE_REQUIRE_EXTENSION", "") not in ("", "0"):
+            raise
+
+OPS = 1000
+MODEL = "llama-3.1-8b-instruct"
+CASES = ["plain", "deadline", "budget", "tenant", "tenants-16", "all"]
+TENANTS = [f"tenant-{i:02d}" for i in range(16)]
+BACKLOG_PER_TENANT = 8
+
+
+def _engines(*, heavy_py: bool = False) -> list[Any]:
+    out = [
+        pytest.param(core_c, id="c", marks=[pytest.mark.skip(reason="no compiled engine")] if core_c is None else [])
+    ]
+    out.append(pytest.param(core_py, id="py", marks=[pytest.mark.heavy] if heavy_py else []))
+    return out
+
+
+def _record(benchmark: BenchmarkFixture, impl: ModuleType, case: str, ops_per_round: int) -> None:
+    benchmark.extra_info["impl"] = "c" if impl is core_c else "py"
+    benchmark.extra_info["case"] = case
+    benchmark.extra_info["ops_per_round"] = ops_per_round
+
+
+def _finish(benchmark: BenchmarkFixture) -> None:
+    stats = getattr(benchmark.stats, "stats", None)
+    if stats is not None and stats.data:
+        benchmark.extra_info["ns_per_op"] = round(stats.median / benchmark.extra_info["ops_per_round"] * 1e9, 1)
+
+
+def _setup(impl: ModuleType, case: str) -> tuple[Any, list[Any]]:
+    """The queue and the prebuilt tasks the pairs cycle through (queue pre-filled where the case says)."""
+    deadline = case in ("deadline", "all")
+    budget = case in ("budget", "all")
+    q = impl.Queue(4096, max_queued_tokens=10**9 if budget else None)
+    kw: dict[str, Any] = {"max_wait_ms": 3_600_000.0} if deadline else {}
+    if case in ("tenants-16", "all"):
+        tasks = [impl.Task(MODEL, 100, tenant=t, **kw) for t in TENANTS]
+        for _ in range(BACKLOG_PER_TENANT):
+            for task in tasks:
+                assert q.enqueue(task).accepted
+    elif case == "tenant":
+        tasks = [impl.Task(MODEL, 100, tenant="acme")]
+    else:
+        tasks = [impl.Task(MODEL, 100, **kw)]
+    return q, tasks
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("impl", _engines())
+def test_features_pair(benchmark: BenchmarkFixture, impl: ModuleType, case: str) -> None:
+    """One enqueue and one dequeue per operation, with the feature of ``case`` in use."""
+    q, tasks = _setup(impl, case)
+    enqueue, dequeue = q.enqueue, q.dequeue
+    depth = q.depth()
+    if len(tasks) == 1:
+        (task,) = tasks
+
+        def pairs() -> None:
+            for _ in range(OPS):
+                enqueue(task)
+                dequeue()
+
+    else:
+        sequence = list(islice(cycle(tasks), OPS))
+
+        def pairs() -> None:
+            for task in sequence:
+                enqueue(task)
+                dequeue()
+
+    benchmark.group = "features-pair"
+    _record(benchmark, impl, case, OPS)
+    benchmark(pairs)
+    _finish(benchmark)
+    assert q.depth() == depth and q.metrics().expired == 0
+
+
+@pytest.mark.parametrize("tenants", [1, 100])
+@pytest.mark.parametrize("impl", _engines())
+def test_features_position(benchmark: BenchmarkFixture, impl: ModuleType, tenants: int) -> None:
+    """``position()`` of jobs spread through a queue of depth 10,000 over ``tenants`` tenants."""
+    q = impl.Queue(20_000)
+    ids = [q.enqueue(impl.Task(MODEL, 1, tenant=f"t{i % tenants}")).job_id for i in range(10_000)]
+    for x in ids[1::3]:
+        q.cancel(x)  # tombstones: the Fenwick tree is in use
+    probes = ids[::97]
+    position = q.position
+
+    def positions() -> None:
+        for x in probes:
+            position(x)
+
+    benchmark.group = "features-position"
+    _record(benchmark, impl, f"{tenants}-tenants", len(probes))
+    benchmark(positions)
+    _finish(benchmark)
+
+
+MEMORY_DEPTH = 1_000_000
+
+
+@pytest.mark.parametrize("impl", _engines(heavy_py=True))
+def test_features_memory(benchmark: BenchmarkFixture, impl: ModuleType) -> None:
+    """Traced bytes per queued job (``extra_info["bytes_per_job"]``) with a tenant and a deadline on every
+    task: the same prebuilt task each time, so only the queue's own memory counts."""
+    depth = MEMORY_DEPTH if impl is core_c else 100_000
+    figures: list[float] = []
+
+    def measure() -> None:
+        task = impl.Task(MODEL, 100, tenant="acme", max_wait_ms=3_600_000.0)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            q = impl.Queue(depth + 1)
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(depth):
+                q.enqueue(task)
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        figures.append((after - before) / depth)
+
+    benchmark.group = "features-memory"
+    _record(benchmark, impl, "tenant+deadline", depth)
+    benchmark.pedantic(measure, rounds=1)  # type: ignore[no-untyped-call]
+    benchmark.extra_info["bytes_per_job"] = round(figures[-1], 1)
+    _finish(benchmark)
+    if impl is core_c:
+        assert figures[-1] <= 120.0
