@@ -1773,9 +1773,12 @@ cdef class Queue:
                     remaining = deadline - _mono()
                     if remaining <= 0:
                         break
-                    us = <long long>(remaining * 1e6)
-                    if us > PY_TIMEOUT_MAX:
+                    # Compare as doubles first: converting an out-of-range double (inf,
+                    # 1e300) to an integer is undefined behaviour.
+                    if remaining * 1e6 >= <double>PY_TIMEOUT_MAX:
                         us = PY_TIMEOUT_MAX
+                    else:
+                        us = <long long>(remaining * 1e6)
                 with nogil:
                     r = PyThread_acquire_lock_timed(w.lock, us, 1)
                 if r != PY_LOCK_INTR:
@@ -1987,9 +1990,12 @@ cdef class Queue:
                 if remaining < 0:
                     us = -1
                 else:
-                    us = <long long>(remaining * 1e6)
-                    if us > PY_TIMEOUT_MAX:
+                    # Compare as doubles first: converting an out-of-range double (inf,
+                    # 1e300) to an integer is undefined behaviour.
+                    if remaining * 1e6 >= <double>PY_TIMEOUT_MAX:
                         us = PY_TIMEOUT_MAX
+                    else:
+                        us = <long long>(remaining * 1e6)
                 with nogil:
                     r = PyThread_acquire_lock_timed(w.lock, us, 1)
                 if r != PY_LOCK_INTR:

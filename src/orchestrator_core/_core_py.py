@@ -976,6 +976,29 @@ class Queue:
         self._rate_win = 0.0
         self._rate_ms = 0.0
 
+    def __del__(self) -> None:
+        # Lanes, tenants, deadline lanes and entries link to each other in cycles. Break
+        # the links of every entry still held (queued, or expired and not yet taken) so
+        # that reference counting alone releases their tasks when the queue goes, as the
+        # compiled engine's dealloc does; the cyclic GC collects the empty structures.
+        try:
+            held = list(self._index.values())
+            e = self._exp_first
+        except AttributeError:  # __init__ did not finish
+            return
+        while e is not None:
+            held.append(e)
+            e = e.lru_next
+        for e in held:
+            lane = getattr(e, "lane", None)
+            if lane is not None:
+                lane.ring.clear()
+                lane.lru_first = lane.lru_last = None
+            e.lane = None  # type: ignore[assignment]
+            e.lru_prev = e.lru_next = e.dl_prev = e.dl_next = None
+        self._index.clear()
+        self._exp_first = self._exp_last = None
+
     # -- construction helpers ---------------------------------------------------------
     @classmethod
     def builder(cls) -> Any:

@@ -1,0 +1,126 @@
+"""The cyclic GC must never run user code while the engine's lock is held.
+
+``python gc_reentry.py ENGINE``: for every queue operation, and for every point in that
+operation where an allocation could start a collection, a garbage cycle whose ``__del__``
+uses the same queue (enqueue, dequeue, cancel, metrics, snapshot) is made collectable and
+the GC threshold is set so that the k-th allocation from then on collects it (k swept from
+0 to ``SWEEP``). If a collection ever happens inside the locked part, the ``__del__``
+calls into a lock its own thread holds: a deadlock, which the watchdog turns into a
+traceback on stderr and exit status 1. Prints one JSON line: how many collections ran
+the ``__del__`` during an operation (the compiled engine's own objects come from free
+lists, which do not count towards a collection, so fewer operations fire there), and
+that the queue's counters still balance after every operation.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import gc
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+ENGINE = sys.argv[1]
+SWEEP = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+impl: Any = importlib.import_module(f"orchestrator_core._core_{ENGINE}")
+Task = impl.Task
+
+state = {"in_op": False, "inside": 0, "outside": 0, "errors": 0}
+current: dict[str, Any] = {}
+
+
+class Bomb:
+    """Part of a reference cycle; when the GC frees it, it uses the queue."""
+
+    def __init__(self) -> None:
+        self.cycle = self
+
+    def __del__(self) -> None:
+        q = current["q"]
+        if state["in_op"]:
+            state["inside"] += 1
+        else:
+            state["outside"] += 1
+        try:
+            q.metrics()
+            q.enqueue(Task("m", 1, job_id=f"from-del-{state['inside']}-{state['outside']}"))
+            q.dequeue()
+            q.cancel("not-there")
+            q.snapshot()
+            _ = len(q)
+        except Exception:  # noqa: BLE001 - counted; a refusal is fine, a deadlock is not
+            state["errors"] += 1
+
+
+def setup(policy: str, fill: int, capacity: int = 4) -> Any:
+    q = impl.Queue(capacity, policy, id_prefix="q")
+    for i in range(fill):
+        q.enqueue(Task("m", 1, priority="batch" if i % 2 else "interactive", job_id=f"j{i}"))
+    return q
+
+
+OPS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
+    "enqueue-accepted": (lambda: setup("reject-new", 1), lambda q: q.enqueue(Task("m", 1))),
+    "enqueue-refused-full": (lambda: setup("reject-new", 4), lambda q: q.enqueue(Task("m", 1))),
+    "enqueue-evicts": (lambda: setup("drop-lru", 4), lambda q: q.enqueue(Task("m", 1, job_id="new"))),
+    "enqueue-fail-fast-refused": (lambda: setup("fail-fast", 1), lambda q: q.enqueue(Task("m", 1))),
+    "enqueue-duplicate": (lambda: setup("reject-new", 2), lambda q: q.enqueue(Task("m", 1, job_id="j0"))),
+    "enqueue-grows-ring": (lambda: setup("reject-new", 8, capacity=100), lambda q: q.enqueue(Task("m", 1))),
+    "dequeue": (lambda: setup("reject-new", 3), lambda q: q.dequeue()),
+    "dequeue-timeout": (lambda: setup("reject-new", 3), lambda q: q.dequeue(timeout=0.5)),
+    "dequeue-empty-timeout": (lambda: setup("reject-new", 0), lambda q: q.dequeue(timeout=1e-6)),
+    "dequeue-many": (lambda: setup("reject-new", 4), lambda q: q.dequeue_many(3, timeout=0.5)),
+    "drain": (lambda: setup("drop-lru", 4), lambda q: q.drain()),
+    "cancel": (lambda: setup("reject-new", 4), lambda q: q.cancel("j2")),
+    "touch": (lambda: setup("drop-lru", 4), lambda q: q.touch("j1")),
+    "position": (lambda: setup("reject-new", 4), lambda q: (q.cancel("j1"), q.position("j3"))),
+    "contains": (lambda: setup("reject-new", 2), lambda q: "j1" in q),
+    "snapshot": (lambda: setup("reject-new", 4), lambda q: q.snapshot()),
+    "lru-order": (lambda: setup("drop-lru", 4), lambda q: q.lru_order("batch")),
+    "metrics": (lambda: setup("reject-new", 3), lambda q: q.metrics()),
+    "close": (lambda: setup("reject-new", 2), lambda q: q.close()),
+}
+
+
+def check(q: Any, where: str) -> None:
+    m = q.metrics()
+    ok = (
+        m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.depth
+        and len(q) == m.depth == len(q.snapshot())
+        and m.depth <= q.capacity()
+    )
+    if not ok:
+        print(json.dumps({"inconsistent": where, "metrics": repr(m)}), flush=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    threshold = gc.get_threshold()
+    per_op: dict[str, int] = {}
+    for name, (make, op) in OPS.items():
+        # Each operation's sweep takes well under a second; a deadlock ends here, with tracebacks.
+        faulthandler.dump_traceback_later(10, exit=True)
+        before = state["inside"]
+        for k in range(SWEEP):
+            q = make()
+            current["q"] = q
+            gc.collect()
+            Bomb()
+            gc.set_threshold(gc.get_count()[0] + k)
+            state["in_op"] = True
+            try:
+                op(q)
+            finally:
+                state["in_op"] = False
+                gc.set_threshold(*threshold)
+            gc.collect()
+            check(q, f"{name} k={k}")
+        per_op[name] = state["inside"] - before
+    faulthandler.cancel_dump_traceback_later()
+    print(json.dumps({"engine": ENGINE, "ops": len(OPS), "sweep": SWEEP, "inside_per_op": per_op, **state}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
