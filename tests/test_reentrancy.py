@@ -46,7 +46,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
 
 def assert_consistent(q: Any) -> None:
     m = q.metrics()
-    assert m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.depth
+    assert m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth
     assert len(q) == m.depth == len(q.snapshot()) == m.depth_interactive + m.depth_batch
     assert m.depth <= q.capacity()
     assert q.snapshot() == q.snapshot("interactive") + q.snapshot("batch")

@@ -199,7 +199,7 @@ def run_workload(impl: ModuleType, w: Workload) -> Outcome:
                 out.violations.append(f"metrics depth {m.depth} > capacity {w.capacity}")
             if m.depth_interactive + m.depth_batch != m.depth:
                 out.violations.append(f"depth by priority {m.depth_interactive}+{m.depth_batch} != {m.depth}")
-            if m.accepted != m.dequeued + m.cancelled + m.evicted + m.drained + m.depth:
+            if m.accepted != m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth:
                 out.violations.append(f"counters do not balance in a snapshot: {m}")
             d = len(q)
             if not 0 <= d <= w.capacity:
@@ -279,6 +279,7 @@ def check_conservation(w: Workload, out: Outcome) -> None:
     assert m.depth == 0
     assert {r.value: n for r, n in m.rejected.items() if n} == dict(+out.rejected)
     assert m.accepted + m.rejected_total == w.producers * w.per_producer
+    assert m.expired == 0  # no deadlines in these workloads
     assert m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained
     if w.policy != "drop-lru":
         assert m.evicted == 0

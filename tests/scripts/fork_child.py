@@ -44,7 +44,7 @@ def child(busy: Any, idle: Any) -> int:
         busy.metrics()
         busy.drain()
         m = busy.metrics()
-        if m.accepted != m.dequeued + m.cancelled + m.evicted + m.drained + m.depth or m.depth != 0:
+        if m.accepted != m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth or m.depth != 0:
             return 3
         if not res.accepted:
             return 3
@@ -124,7 +124,7 @@ def main() -> None:
     blocked.join(CHILD_TIMEOUT_S)
     parent_ok = not blocked.is_alive() and [j.job_id for j in parent_got] == ["for-parent"]
     m = busy.metrics()
-    balanced = m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.depth
+    balanced = m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth
     print(
         json.dumps({"engine": ENGINE, "statuses": statuses, "parent_ok": parent_ok, "balanced": balanced}), flush=True
     )

@@ -19,6 +19,7 @@ import gc
 import importlib
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +55,16 @@ class Bomb:
             state["errors"] += 1
 
 
-def setup(policy: str, fill: int, capacity: int = 4) -> Any:
-    q = impl.Queue(capacity, policy, id_prefix="q")
+def setup(policy: str, fill: int, capacity: int = 4, **queue_kw: Any) -> Any:
+    q = impl.Queue(capacity, policy, id_prefix="q", **queue_kw)
     for i in range(fill):
-        q.enqueue(Task("m", 1, priority="batch" if i % 2 else "interactive", job_id=f"j{i}"))
+        q.enqueue(Task("m", 1, priority="batch" if i % 2 else "interactive", job_id=f"j{i}", tenant=f"t{i % 2}"))
+    return q
+
+
+def expired_setup() -> Any:
+    q = setup("reject-new", 3, max_wait_ms=0.001)
+    time.sleep(0.002)
     return q
 
 
@@ -81,13 +88,30 @@ OPS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
     "lru-order": (lambda: setup("drop-lru", 4), lambda q: q.lru_order("batch")),
     "metrics": (lambda: setup("reject-new", 3), lambda q: q.metrics()),
     "close": (lambda: setup("reject-new", 2), lambda q: q.close()),
+    # Deadlines, tenants, token budgets, admission waits (issue 10)
+    "enqueue-wait-room": (lambda: setup("reject-new", 1), lambda q: q.enqueue(Task("m", 1), wait=0.5)),
+    "enqueue-wait-full": (lambda: setup("reject-new", 4), lambda q: q.enqueue(Task("m", 1), wait=1e-6)),
+    "enqueue-tenant-cap": (
+        lambda: setup("reject-new", 2, max_queued_per_tenant=1),
+        lambda q: q.enqueue(Task("m", 1, tenant="t0")),
+    ),
+    "enqueue-token-budget": (
+        lambda: setup("reject-new", 2, max_queued_tokens=3),
+        lambda q: q.enqueue(Task("m", 5)),
+    ),
+    "enqueue-deadline": (
+        lambda: setup("reject-new", 2, admit_only_feasible=True),
+        lambda q: q.enqueue(Task("m", 1, max_wait_ms=0.001)),
+    ),
+    "take-expired": (expired_setup, lambda q: q.take_expired()),
+    "eta": (lambda: setup("reject-new", 4), lambda q: q.eta_ms("j3")),
 }
 
 
 def check(q: Any, where: str) -> None:
     m = q.metrics()
     ok = (
-        m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.depth
+        m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth
         and len(q) == m.depth == len(q.snapshot())
         and m.depth <= q.capacity()
     )

@@ -42,7 +42,9 @@ def emit(**record: Any) -> None:
 
 def balanced(q: Any) -> bool:
     m = q.metrics()
-    return bool(m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.depth and m.depth == len(q))
+    return bool(
+        m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth and m.depth == len(q)
+    )
 
 
 def interrupted_wait() -> None:
