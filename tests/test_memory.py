@@ -261,4 +261,6 @@ def test_raising_clock_does_not_leak_wake_up_locks(impl: ModuleType, request: py
     finally:
         if not was_tracing:
             tracemalloc.stop()
-    assert grown < TRACED_BOUND_BYTES, f"{grown} bytes kept by 5000 failed waits"
+    # A leaked wake-up lock is 32 bytes a wait (160 kB here); interpreter caches (3.10 keeps
+    # a few bytes per raised exception's frame data) stay far below 8 bytes a wait.
+    assert grown < 5_000 * 8, f"{grown} bytes kept by 5000 failed waits"
