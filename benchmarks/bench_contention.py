@@ -8,8 +8,9 @@ either way) and ``[c-gil-released]`` releases it there too (``_core_c._set_relea
 ``[py]``, ``[queue.Queue]`` (``maxsize`` 1024) and ``[SimpleQueue]`` (unbounded: no bound to push back).
 
 * ``contended-NpNc``: N producers and N consumers move ``ITEMS`` items through capacity 1024; consumers
-  block with a timeout. The engines' producers retry a refused (full) enqueue after ``time.sleep(0)``
-  (``extra_info["refusals_per_round"]`` counts them); ``queue.Queue``'s block in ``put``. Every item is
+  block with a timeout. Producers block while the queue is full: the engines' in
+  ``enqueue(task, wait=PRODUCER_WAIT_S)`` (the admission wait; a refusal after the wait is retried and
+  counted in ``extra_info["refusals_per_round"]``), ``queue.Queue``'s in ``put``. Every item is
   checked received exactly once. A round moves all ``ITEMS`` (``extra_info["items_per_s"]`` is the median
   throughput); rounds: ``--benchmark-min-rounds`` (default 5).
 * ``wakeup``: one consumer blocks in ``dequeue(timeout=5)`` / ``get(timeout=5)``; the main thread waits
@@ -50,6 +51,7 @@ _NO_C = [pytest.mark.skip(reason="no compiled engine")] if core_c is None else [
 CAPACITY = 1024
 ITEMS = 40_000
 CONSUMER_TIMEOUT_S = 0.05
+PRODUCER_WAIT_S = 1.0
 WAKEUPS = 400
 WAKEUP_TIMEOUT_S = 5.0
 BLOCK_SETTLE_S = 0.0005
@@ -126,14 +128,13 @@ def _engine_round(
 
     def produce(out: list[str]) -> None:
         run.start.wait()
-        enqueue, sleep, append = q.enqueue, time.sleep, out.append
+        enqueue, append, wait = q.enqueue, out.append, PRODUCER_WAIT_S
         refused = 0
         for _ in range(per_producer):
-            res = enqueue(task)
+            res = enqueue(task, wait)
             while not res.accepted:
                 refused += 1
-                sleep(0)
-                res = enqueue(task)
+                res = enqueue(task, wait)
             append(res.job_id)
         refusals.append(refused)
 
@@ -224,7 +225,7 @@ def _contended(benchmark: BenchmarkFixture, name: str, n: int, rounds: int) -> N
     if stats is not None and stats.data:
         benchmark.extra_info["items_per_s"] = round(per_producer * n / stats.median)
     if refusals:
-        # QUEUE_FULL refusals a producer retried (after sleep(0)), per round.
+        # QUEUE_FULL refusals (after a whole PRODUCER_WAIT_S wait) a producer retried, per round.
         benchmark.extra_info["refusals_per_round"] = round(sum(refusals) / len(checks))
 
 

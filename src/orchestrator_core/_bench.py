@@ -175,12 +175,11 @@ def _contended_round(impl: str, mods: dict[str, ModuleType], items: int) -> floa
 
         def produce(k: int) -> None:
             start.wait()
-            enqueue, sleep, append = q.enqueue, time.sleep, sent[k].append
+            enqueue, append = q.enqueue, sent[k].append
             for _ in range(per):
-                res = enqueue(task)
-                while not res.accepted:  # full: let a consumer run, then retry
-                    sleep(0)
-                    res = enqueue(task)
+                res = enqueue(task, 1.0)  # full: wait for room (as queue.Queue's put blocks)
+                while not res.accepted:
+                    res = enqueue(task, 1.0)
                 append(res.job_id)
 
         def consume(out: list[Any]) -> None:

@@ -46,6 +46,7 @@
 
 cimport cython
 from cpython.object cimport PyObject
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from libc.stdint cimport int64_t, uint64_t
@@ -94,6 +95,18 @@ cdef extern from "pythread.h":
     long long PY_TIMEOUT_MAX
 
 cdef object _ZERO = 0.0
+
+
+cdef inline double _timeout_s(object timeout, str param) except? -2.0:
+    """``check_timeout``, with the common cases (a float >= 0, None) done in C."""
+    cdef double v
+    if type(timeout) is float:
+        v = PyFloat_AS_DOUBLE(timeout)
+        if v >= 0.0:  # (False for NaN)
+            return v
+    elif timeout is None:
+        return -1.0
+    return _check_timeout(timeout, param)
 cdef object _INTERACTIVE = Priority.INTERACTIVE
 cdef object _BATCH = Priority.BATCH
 cdef tuple _PRIORITIES = (_INTERACTIVE, _BATCH)
@@ -125,6 +138,9 @@ cdef enum:
     MIN_RING = 8
     COMPACT_SLACK = 32
     MIN_TABLE = 16
+    # The job-id table never shrinks below this many slots (8 KiB): a queue that fills and
+    # empties over and over (the common case) would otherwise rebuild it on every cycle.
+    TABLE_SHRINK_FLOOR = 1024
     MIN_TENANT_TABLE = 8
     TENANT_FREELIST = 16
 
@@ -524,7 +540,7 @@ cdef inline void _table_delete_slot(State *s, uint64_t i) noexcept nogil:
             i = j
     t[i] = NULL
     s.tcount -= 1
-    if s.tcount * 8 < <int64_t>(mask + 1) and mask + 1 > MIN_TABLE:
+    if s.tcount * 8 < <int64_t>(mask + 1) and mask + 1 > TABLE_SHRINK_FLOOR:
         _table_resize(s, (mask + 1) // 2)  # on failure the table just stays larger
 
 
@@ -1681,65 +1697,8 @@ cdef class Queue:
         if type(task) is not Task:
             raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
         if not (wait is _ZERO or ((type(wait) is float or type(wait) is int) and wait == 0)):
-            return self._enqueue_waiting(<Task>task, _check_timeout(wait, "wait"))
-        # _attempt(self, task, NULL), inlined: this is the hot path.
-        cdef Task t = <Task>task
-        cdef double now = self._now()
-        cdef Key k
-        cdef Admit a
-        cdef int code
-        cdef Entry *e
-        cdef PyObject *key_str = NULL
-        cdef uint64_t counter = 0
-        cdef Accepted res
-        a.has_key = t.job_id is not None
-        if a.has_key:
-            self._make_key(<str>t.job_id, &k)
-        a.tenant = NULL
-        if t.tenant is not None:
-            a.tenant = <PyObject *>t.tenant
-            a.thash = <uint64_t>PyObject_Hash(t.tenant)
-        _admit_args(&self.s, t, &a, &k, NULL, now)
-        e = <Entry *>PyMem_Malloc(sizeof(Entry))
-        if e == NULL:
-            raise MemoryError()
-        e.task = <PyObject *>t
-        e.enqueued_at = now
-        e.lru_prev = e.lru_next = NULL
-        e.dl_next = NULL  # (dl_prev is only read when dl_next is set)
-        res = Accepted.__new__(Accepted)
-        # The entry's references are taken before the entry becomes visible (see _attempt).
-        Py_INCREF(t)
-        if a.has_key and k.key_str != NULL:
-            Py_INCREF(<object>k.key_str)
-        if _release_gil:
-            with nogil:
-                oc_lock(&self._lock)
-                code = _enqueue_locked(self, e, &a)
-                key_str = e.key_str
-                counter = e.counter
-                oc_unlock(&self._lock)
-        else:
-            oc_lock(&self._lock)
-            code = _enqueue_locked(self, e, &a)
-            key_str = e.key_str
-            counter = e.counter
-            oc_unlock(&self._lock)
-        if code != OK:
-            return _refused(self, t, e, &a, &k, code)
-        # From here on `e` may already be gone; only the copies taken under the lock are used.
-        if key_str == NULL:
-            res._prefix_dash = self._prefix_dash
-            res._counter = counter
-        else:
-            res._job_id = <object>key_str  # alive: the task we hold references it as its job_id
-        res.position = a.position
-        if a.ms_per_job > 0:
-            res._eta_kind = 2
-            res._eta = a.ms_per_job
-        if a.victims != NULL:
-            _report_victims(self, res, &a, now)
-        return res
+            return self._enqueue_waiting(<Task>task, _timeout_s(wait, "wait"))
+        return _attempt(self, <Task>task, NULL)
 
     cdef object _enqueue_waiting(self, Task t, double timeout):
         cdef double deadline = _mono() + timeout if timeout > 0 else 0.0
@@ -1882,23 +1841,28 @@ cdef class Queue:
         holds the engine's lock, releases the GIL and can be interrupted (KeyboardInterrupt).
         """
         cdef double now
+        cdef double wait_s = 0.0
         cdef Entry *e
         cdef list taken
-        if timeout is _ZERO or ((type(timeout) is float or type(timeout) is int) and timeout == 0):
-            now = self._now()
-            if _release_gil:
-                with nogil:
-                    oc_lock(&self._lock)
-                    e = self._pop_locked(now)
-                    oc_unlock(&self._lock)
-            else:
+        if not (timeout is _ZERO or ((type(timeout) is float or type(timeout) is int) and timeout == 0)):
+            wait_s = _timeout_s(timeout, "timeout")  # validated before anything is taken
+        # First (and for timeout=0 only) a non-blocking attempt: a consumer that finds a job
+        # waiting pays nothing for its timeout (no deadline, wake-up lock or result list).
+        now = self._now()
+        if _release_gil:
+            with nogil:
                 oc_lock(&self._lock)
                 e = self._pop_locked(now)
                 oc_unlock(&self._lock)
-            if e == NULL:
-                return None
+        else:
+            oc_lock(&self._lock)
+            e = self._pop_locked(now)
+            oc_unlock(&self._lock)
+        if e != NULL:
             return self._job_and_free(e, now)
-        taken = self._take(1, _check_timeout(timeout))
+        if wait_s == 0.0:
+            return None
+        taken = self._take(1, wait_s)
         return taken[0] if taken else None
 
     def dequeue_many(self, max_jobs, timeout=0.0):
@@ -1907,7 +1871,7 @@ cdef class Queue:
         ``timeout`` is as for ``dequeue`` and applies to the first job only.
         """
         cdef Py_ssize_t n = _check_count(max_jobs, "max_jobs")
-        return self._take(n, _check_timeout(timeout))
+        return self._take(n, _timeout_s(timeout, "timeout"))
 
     cdef list _take(self, Py_ssize_t max_jobs, double timeout):
         """Up to max_jobs jobs, waiting up to timeout s (-1: forever) for the first."""
@@ -2490,8 +2454,8 @@ cdef void _report_victims(Queue self, Accepted res, Admit *a, double now) except
     res._evicted_all = tuple(evicted)
 
 
-cdef object _attempt(Queue self, Task t, Waiter *w):
-    """One admission attempt (Queue.enqueue inlines it for wait=0). With a waiter a retriable
+cdef inline object _attempt(Queue self, Task t, Waiter *w):
+    """One admission attempt (all of Queue.enqueue for wait=0). With a waiter a retriable
     refusal registers it as a room waiter and returns None instead, and DROP_LRU does not
     evict."""
     cdef double now = self._now()
