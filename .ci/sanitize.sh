@@ -48,14 +48,29 @@ echo "sanitize: virtual environment"
 # --without-pip: a venv's bundled setuptools would shadow the system's (pyproject needs >= 77).
 "$PY" -m venv --system-site-packages --without-pip "$WORK/venv"
 VPY="$WORK/venv/bin/python"
+# The build requirements and the `test` extra (read from pyproject.toml), unless all of them
+# are importable already: on a fresh machine (CI) nothing is.
 if ! "$VPY" - >/dev/null 2>&1 <<'PYEOF'
-import Cython, hypothesis, pytest, setuptools
+import Cython, hypothesis, pytest, setuptools, redis, prometheus_client, starlette, httpx, jsonschema
 assert int(setuptools.__version__.split(".")[0]) >= 77
 assert tuple(int(x) for x in Cython.__version__.split(".")[:2]) >= (3, 1)
 PYEOF
 then
     "$VPY" -m ensurepip -q
-    "$VPY" -m pip install -q "Cython>=3.1" "setuptools>=77" pytest hypothesis
+    mapfile -t TEST_REQS < <("$VPY" - "$WORK/tree/pyproject.toml" <<'PYEOF'
+import sys, tomllib
+extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]
+seen, todo = [], ["test"]
+while todo:  # the extra and the extras it names (orchestrator_core[...])
+    for req in extras[todo.pop()]:
+        if req.startswith("orchestrator_core[") or req.startswith("orchestrator-core["):
+            todo.extend(x.strip() for x in req.split("[", 1)[1].split("]", 1)[0].split(","))
+        elif req not in seen:
+            seen.append(req)
+print("\n".join(seen))
+PYEOF
+    )
+    "$VPY" -m pip install -q "Cython>=3.1" "setuptools>=77" "${TEST_REQS[@]}"
 fi
 
 echo "sanitize: building the engine with ORCHESTRATOR_CORE_SANITIZE=1"
