@@ -34,20 +34,39 @@
 #     that can trigger the cyclic GC (entries, tenant and deadline records, results, jobs) is
 #     made before the lock is taken or after it is released; released tasks are dropped after
 #     it is released.
+#
+# Pure engine only (the compiled engine's locked sections are C, where neither can happen):
+#   * A locked section makes nothing the cyclic GC tracks (no list, tuple, dict, iterator,
+#     bound method, slice, exception...; ints, floats and strings are fine): lists are sized
+#     before the lock and filled under it, results are built after it. So no collection (and
+#     no finalizer) starts inside one. Since 3.12 a collection runs at the interpreter's next
+#     periodic check rather than inside the allocation that scheduled it, so each section
+#     opens with a call (``_enter``, or ``_gc_point`` in the two hot paths; a Python
+#     function's entry is such a check) made before the queue is marked busy: a collection
+#     scheduled just before (by the `with` statement's own lookups, say) runs there, where the
+#     queue is consistent and may be used re-entrantly.
+#   * Code can still run inside a section: a Python signal handler (wherever the main thread
+#     is), on 3.12 a collection another thread's allocation scheduled, on 3.10 one started by
+#     a frame object (a call). The lock is an RLock and ``_busy`` marks the part of a section
+#     that reads or changes the state: a call from the owning thread that finds it set (code
+#     that interrupted an operation on the same queue) raises RuntimeError (``_reentered``)
+#     instead of deadlocking or working on a half-updated queue; code that runs before it is
+#     set uses the queue normally. An exception raised into a section (KeyboardInterrupt, or
+#     that RuntimeError left uncaught by a handler) can still leave the queue half-updated.
 """Pure-Python engine: the specification of the compiled engine (``_core_c``)."""
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import math
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from ._stats import (
     RETRY_AFTER_DEFAULT_MS,
@@ -101,6 +120,9 @@ _TENANT_CAP: Final = 9  # max_queued_per_tenant
 _UNMEETABLE: Final = 10  # admit_only_feasible: predicted wait > max_wait_ms
 _WAIT: Final = 11  # enqueue(wait=...): registered as a room waiter
 _RETRY: Final = 12  # a spare tenant / deadline record was missing: make one, try again
+# (Sets made once: a tuple display of names would be a new tuple under the lock.)
+_FULL_CODES: Final = frozenset((_FULL, _FULL_TOKENS, _AHEAD))  # refusals that get an adaptive retry-after
+_WAIT_CODES: Final = _FULL_CODES | {_UNMEETABLE}  # refusals a producer may wait out (enqueue(wait=...))
 
 _MIN_RING: Final = 8
 _COMPACT_SLACK: Final = 32
@@ -113,6 +135,25 @@ _log2 = math.log2
 
 
 _mono = time.monotonic
+
+
+# Since 3.12 the cyclic GC runs at the interpreter's periodic checks, not in the allocation.
+_GC_AT_CHECKS: Final = sys.version_info >= (3, 12)
+
+
+def _gc_point() -> None:
+    """Nothing: calling it is a periodic check of the interpreter (a Python function's entry
+    is one), where a collection scheduled by the allocations before it runs (3.12+)."""
+
+
+def _reentered(method: str) -> NoReturn:
+    """Refuse a call made, in the thread that holds the queue's lock, from inside another
+    operation on the same queue (a signal handler or a finalizer that interrupted it)."""
+    raise RuntimeError(
+        f"reentrant call to Queue.{method}(): this thread is inside another operation on the same queue "
+        "(the call comes from a signal handler or a finalizer that interrupted it), which the pure-Python "
+        "engine cannot run there; defer the call (in a signal handler, set a flag and act on it outside)"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -645,7 +686,8 @@ class _Lane:
             e = ring[i]
             if e is not None:
                 ring[i - half] = e
-        del ring[half:]
+        for _ in range(half):  # not `del ring[half:]`: the slice object is GC-tracked
+            ring.pop()
         self.mask = half - 1
         self.fen_ok = False
         self.pending.clear()
@@ -695,7 +737,8 @@ class _Lane:
             # Resize in place (no new list under the lock), then build in O(n).
             while len(fen) < n + 1:
                 fen.extend(fen)
-            del fen[n + 1 :]
+            while len(fen) > n + 1:  # not a slice: see _shrink
+                fen.pop()
             ring = self.ring
             mask = self.mask
             for i in range(n + 1):
@@ -709,7 +752,9 @@ class _Lane:
                     fen[j] += fen[i]
             self.fen_ok = True
         else:
-            for code in self.pending:
+            pending = self.pending
+            for i in range(len(pending)):  # not `for code in pending`: the iterator is GC-tracked
+                code = pending[i]
                 self._fen_add(code >> 1, 1 if code & 1 else -1)
         self.pending.clear()
 
@@ -749,11 +794,6 @@ class _Lane:
             nxt.lru_prev = prev
         e.lru_prev = e.lru_next = None
 
-    def iter_live(self) -> list[_Entry]:
-        ring = self.ring
-        mask = self.mask
-        return [e for s in range(self.head, self.tail) if (e := ring[s & mask]) is not None]
-
 
 class _Class:
     """One priority class: its round robin of non-empty lanes and the default tenant's lane."""
@@ -766,19 +806,6 @@ class _Class:
         self.nlanes = 0  # lanes in the round robin
         self.tokens = 0  # their tokens (kept only with max_queued_tokens)
         self.dflt = _Lane(prio, None)
-
-    def lanes(self) -> list[_Lane]:
-        """The non-empty lanes in round-robin order, cur first."""
-        out: list[_Lane] = []
-        if not self.live:
-            return out  # (the circle may hold the empty default lane alone)
-        lane = self.cur
-        while lane is not None:
-            out.append(lane)
-            lane = lane.rot_next
-            if lane is self.cur:
-                break
-        return out
 
 
 class _Tenant:
@@ -816,7 +843,10 @@ def _retry_after(n: int, dequeued_in_window: int, window_s: float) -> int:
     if dequeued_in_window <= 0 or window_s <= 0:
         return RETRY_AFTER_DEFAULT_MS
     ms = math.ceil(n * 1000.0 * window_s / dequeued_in_window)
-    return min(RETRY_AFTER_MAX_MS, max(RETRY_AFTER_MIN_MS, ms))
+    # Clamped without min()/max() (called under the lock: no argument tuple).
+    if ms > RETRY_AFTER_MAX_MS:
+        return RETRY_AFTER_MAX_MS
+    return RETRY_AFTER_MIN_MS if ms < RETRY_AFTER_MIN_MS else ms
 
 
 # ---------------------------------------------------------------------------------------
@@ -857,6 +887,7 @@ class Queue:
         "_plain",
         "_fancy",
         "_lock",
+        "_busy",
         "_classes",
         "_index",
         "_tenants",
@@ -934,7 +965,9 @@ class Queue:
         # Sticky: set once a tenant, a deadline, a budget or a waiting producer is seen; until
         # then a dequeue skips their bookkeeping.
         self._fancy = not self._plain
-        self._lock = threading.Lock()
+        # Re-entrant, so that a re-entrant call (see _enter) is refused instead of deadlocking.
+        self._lock = threading.RLock()
+        self._busy = False
         _LIVE_QUEUES.add(self)
         self._classes = (_Class(0), _Class(1))
         self._index: dict[str, _Entry] = {}
@@ -1016,6 +1049,17 @@ class Queue:
         # expired before any operation looks at the queue); otherwise -inf: no sweep.
         return self._now() if self._dl_jobs else _NEG_INF
 
+    def _enter(self, method: str) -> None:
+        """Mark the queue busy, just after taking its lock (``method`` names the caller).
+
+        The call itself is a periodic check of the interpreter, where a signal handler or a
+        scheduled collection can run, before the flag is set: such code may use the queue
+        normally (the state is consistent). Once the flag is set, a call from this thread is
+        refused (``_reentered``); every section clears it in a ``finally``."""
+        if self._busy:
+            _reentered(method)
+        self._busy = True  # (the hot paths inline this, with an explicit _gc_point() call)
+
     # -- properties -------------------------------------------------------------------
     @property
     def policy(self) -> AdmissionPolicy:
@@ -1096,17 +1140,31 @@ class Queue:
         self._sec_end = sec + 1
         return slot
 
-    def _window(self, now: float) -> tuple[int, int, float, list[int]]:
-        """Slots of the window (completed seconds), the window's enqueues, dequeues and length."""
+    def _window_into(self, now: float, slots: list[bool], out: list[Any]) -> None:
+        """Fill ``slots`` (whether each slot is in the window: completed seconds) and ``out``
+        (the window's enqueues, dequeues and length). Lock held: allocates nothing the GC
+        tracks (no comprehension, generator or min/max argument tuple)."""
         cur = math.floor(now)
-        lo = max(cur - WINDOW_S, self._created_sec)
-        slots = [i for i in range(WINDOW_SLOTS) if lo <= self._win_sec[i] < cur]
-        enq = sum(self._win_enq[i] for i in slots)
-        deq = sum(self._win_deq[i] for i in slots)
+        lo = cur - WINDOW_S
+        if lo < self._created_sec:
+            lo = self._created_sec
+        enq = deq = 0
+        win_sec = self._win_sec
+        for i in range(WINDOW_SLOTS):
+            inside = lo <= win_sec[i] < cur
+            slots[i] = inside
+            if inside:
+                enq += self._win_enq[i]
+                deq += self._win_deq[i]
         # The window starts at the queue's creation when that is later than cur - WINDOW_S:
         # a queue created mid-second has lived only part of its first second.
-        win = cur - max(float(cur - WINDOW_S), self._created_at)
-        return enq, deq, win if win > 0.0 else 0.0, slots
+        start = float(cur - WINDOW_S)
+        if self._created_at > start:
+            start = self._created_at
+        win = cur - start
+        out[0] = enq
+        out[1] = deq
+        out[2] = win if win > 0.0 else 0.0
 
     def _rate_ms_at(self, now: float) -> float:
         """Milliseconds per job ahead at the measured rate (0.0: no rate), out of line."""
@@ -1119,7 +1177,9 @@ class Queue:
         if self._rate_lo <= now < self._rate_hi:
             return self._rate_deq
         cur = math.floor(now)
-        lo = max(cur - WINDOW_S, self._created_sec)
+        lo = cur - WINDOW_S  # (no max(): lock held, see _window_into)
+        if lo < self._created_sec:
+            lo = self._created_sec
         deq = 0
         win_sec = self._win_sec
         win_deq = self._win_deq
@@ -1127,7 +1187,10 @@ class Queue:
             if lo <= win_sec[i] < cur:
                 deq += win_deq[i]
         self._rate_deq = deq
-        win = cur - max(float(cur - WINDOW_S), self._created_at)  # as _window()
+        start = float(cur - WINDOW_S)  # as _window_into()
+        if self._created_at > start:
+            start = self._created_at
+        win = cur - start
         self._rate_win = win = win if win > 0.0 else 0.0
         self._rate_ms = 1000.0 * win / deq if deq else 0.0  # milliseconds per job ahead
         self._rate_lo = float(cur)  # floats: compared with now on every admission
@@ -1281,7 +1344,8 @@ class Queue:
         while True:
             best = None
             best_due = 0.0
-            for dl in dlanes:
+            for k in range(len(dlanes)):  # not `for dl in dlanes`: no iterator object under the lock
+                dl = dlanes[k]
                 head = dl.head
                 h = head.dl_next
                 if h is head:
@@ -1326,8 +1390,12 @@ class Queue:
 
     def _sweep_at(self, now: float) -> None:
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
+            self._enter("depth")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+            finally:
+                self._busy = False
 
     # -- admission --------------------------------------------------------------------
     def enqueue(self, task: Task, wait: float | None = _NO_WAIT) -> Accepted | Rejected:
@@ -1357,68 +1425,79 @@ class Queue:
         own = self._own_counter(job_id) if job_id is not None else 0
         admitted = False
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            classes = self._classes
-            inter = classes[0]
-            if (
-                inter.live + classes[1].live < self._capacity
-                and not self._closed
-                and not (self._limit and task._max_tokens > self._limit)
-                and (job_id is None or job_id not in self._index)
-            ):
-                c = classes[p]
-                lane = c.dflt
-                if lane.rot_next is lane or not c.nlanes:
-                    position = lane.live + inter.live if p else lane.live
-                else:
-                    position = self._tail_position(c, lane, p)
-                if self._policy_code != 2 or not position:
-                    admitted = True
-                    if job_id is None:
-                        job_id = f"{self._prefix_dash}{self._next_id:x}"
-                        self._next_id += 1
-                    elif own >= self._next_id:
-                        self._next_id = own + 1
-                    e.key = job_id
-                    e.lane = lane
-                    if lane.rot_next is None:
-                        # The default lane joins the round robin at the back (just before cur,
-                        # which is not empty: an empty default lane is the only one it keeps).
-                        cur = c.cur
-                        if cur is None:
-                            lane.rot_next = lane.rot_prev = lane
-                            c.cur = lane
-                        else:
-                            prev = cur.rot_prev
-                            lane.rot_prev = prev
-                            lane.rot_next = cur
-                            prev.rot_next = lane  # type: ignore[union-attr]
-                            cur.rot_prev = lane
-                        c.nlanes += 1
-                    # lane.push(e) and lane.lru_append(e), inlined.
-                    tail = lane.tail
-                    if tail - lane.head > lane.mask:
-                        lane.grow()
-                    e.seq = tail
-                    lane.ring[tail & lane.mask] = e
-                    lane.tail = tail + 1
-                    lane.live += 1
-                    e.lru_next = None
-                    e.lru_prev = last = lane.lru_last
-                    if last is None:
-                        lane.lru_first = e
+            # self._enter("enqueue"), inlined: this is the hot path.
+            if self._busy:
+                _reentered("enqueue")
+            if _GC_AT_CHECKS:
+                _gc_point()
+            self._busy = True
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                classes = self._classes
+                inter = classes[0]
+                if (
+                    inter.live + classes[1].live < self._capacity
+                    and not self._closed
+                    and not (self._limit and task._max_tokens > self._limit)
+                    and (job_id is None or job_id not in self._index)
+                ):
+                    c = classes[p]
+                    lane = c.dflt
+                    if lane.rot_next is lane or not c.nlanes:
+                        position = lane.live + inter.live if p else lane.live
                     else:
-                        last.lru_next = e
-                    lane.lru_last = e
-                    c.live += 1
-                    self._index[job_id] = e
-                    self._accepted += 1
-                    slot = self._slot if now < self._sec_end else self._roll(now)
-                    self._win_enq[slot] += 1
-                    ms_per_job = self._rate_ms if self._rate_lo <= now < self._rate_hi else self._rate_ms_at(now)
-                    if self._waiters:
-                        self._waiters.popleft().release()
+                        position = self._tail_position(c, lane, p)
+                    if self._policy_code != 2 or not position:
+                        admitted = True
+                        if job_id is None:
+                            # %-formatting: an f-string's format spec looks up int.__format__,
+                            # a new bound method (GC-tracked) under the lock.
+                            job_id = self._prefix_dash + "%x" % self._next_id  # noqa: UP031
+                            self._next_id += 1
+                        elif own >= self._next_id:
+                            self._next_id = own + 1
+                        e.key = job_id
+                        e.lane = lane
+                        if lane.rot_next is None:
+                            # The default lane joins the round robin at the back (just before cur,
+                            # which is not empty: an empty default lane is the only one it keeps).
+                            cur = c.cur
+                            if cur is None:
+                                lane.rot_next = lane.rot_prev = lane
+                                c.cur = lane
+                            else:
+                                prev = cur.rot_prev
+                                lane.rot_prev = prev
+                                lane.rot_next = cur
+                                prev.rot_next = lane  # type: ignore[union-attr]
+                                cur.rot_prev = lane
+                            c.nlanes += 1
+                        # lane.push(e) and lane.lru_append(e), inlined.
+                        tail = lane.tail
+                        if tail - lane.head > lane.mask:
+                            lane.grow()
+                        e.seq = tail
+                        lane.ring[tail & lane.mask] = e
+                        lane.tail = tail + 1
+                        lane.live += 1
+                        e.lru_next = None
+                        e.lru_prev = last = lane.lru_last
+                        if last is None:
+                            lane.lru_first = e
+                        else:
+                            last.lru_next = e
+                        lane.lru_last = e
+                        c.live += 1
+                        self._index[job_id] = e
+                        self._accepted += 1
+                        slot = self._slot if now < self._sec_end else self._roll(now)
+                        self._win_enq[slot] += 1
+                        ms_per_job = self._rate_ms if self._rate_lo <= now < self._rate_hi else self._rate_ms_at(now)
+                        if self._waiters:
+                            self._waiters.popleft().release()
+            finally:
+                self._busy = False
         if not admitted:
             return self._attempt(task, None, now)  # type: ignore[return-value]
         res = _new(Accepted)
@@ -1449,8 +1528,13 @@ class Queue:
                     if remaining > 0:
                         waiter.acquire(True, min(remaining, threading.TIMEOUT_MAX))
             finally:
-                with self._lock, contextlib.suppress(ValueError):
-                    self._room_waiters.remove(waiter)  # unless already woken
+                with self._lock:
+                    self._enter("enqueue")
+                    try:
+                        if waiter in self._room_waiters:  # unless already woken (no ValueError: lock held)
+                            self._room_waiters.remove(waiter)
+                    finally:
+                        self._busy = False
 
     def _attempt(self, task: Task, waiter: Any, now0: float | None = None) -> Accepted | Rejected | None:
         """One admission attempt (at ``now0`` if given). With a ``waiter`` a retriable refusal
@@ -1491,180 +1575,190 @@ class Queue:
             full = _OK
             dlane: _DLane | None = None
             with self._lock:
-                if now >= self._dl_due:
-                    self._sweep(now)
-                classes = self._classes
-                inter = classes[0]
-                c = classes[p]
-                budget = self._budget
-                trec: _Tenant | None = None
-                lane: _Lane | None = c.dflt
-                if self._closed:
-                    code = _CLOSED
-                elif self._limit and task._max_tokens > self._limit:
-                    code = _OVER_LIMIT
-                elif budget and tokens > budget:
-                    code = _OVER_BUDGET
-                elif job_id is not None and job_id in self._index:
-                    code = _DUPLICATE
-                else:
-                    code = _OK
-                    if tenant is not None:
-                        trec = self._tenants.get(tenant)
-                        if trec is None:
-                            lane = None
-                        else:
-                            lane = trec.lanes[p]
-                            if self._tenant_cap and trec.live >= self._tenant_cap:
-                                code = _TENANT_CAP
-                                ahead = trec.live
-                    if code == _OK:
-                        # The position it would get: O(1) without tenants.
-                        if lane is not None and lane.rot_next is lane:
-                            position = lane.live
-                            if p:
-                                position += inter.live
-                        else:
-                            position = self._tail_position(c, lane, p)
-                        depth = inter.live + classes[1].live
-                        if depth >= self._capacity:
-                            full = _FULL
-                        elif budget and self._queued_tokens + tokens > budget:
-                            full = _FULL_TOKENS
-                        pol = self._policy_code
-                        if pol == 2:  # FAIL_FAST
-                            if position:
-                                code = _AHEAD
-                                ahead = position
+                self._enter("enqueue")
+                try:
+                    if now >= self._dl_due:
+                        self._sweep(now)
+                    classes = self._classes
+                    inter = classes[0]
+                    c = classes[p]
+                    budget = self._budget
+                    trec: _Tenant | None = None
+                    lane: _Lane | None = c.dflt
+                    if self._closed:
+                        code = _CLOSED
+                    elif self._limit and task._max_tokens > self._limit:
+                        code = _OVER_LIMIT
+                    elif budget and tokens > budget:
+                        code = _OVER_BUDGET
+                    elif job_id is not None and job_id in self._index:
+                        code = _DUPLICATE
+                    else:
+                        code = _OK
+                        if tenant is not None:
+                            trec = self._tenants.get(tenant)
+                            if trec is None:
+                                lane = None
                             else:
-                                code = full
-                        elif full:
-                            if pol == 1 and waiter is None:
-                                # DROP_LRU: only if evicting every job it may evict makes room.
-                                n_el = classes[1].live
-                                t_el = classes[1].tokens
-                                if p == 0:
-                                    n_el += inter.live
-                                    t_el += inter.tokens
-                                if depth - n_el >= self._capacity:
-                                    code = _FULL
-                                elif budget and self._queued_tokens - t_el + tokens > budget:
-                                    code = _FULL_TOKENS
-                            else:
-                                code = full
-                        if code == _OK and mw is not None and position and self._feasible:
-                            deq = self._rate(now)
-                            if deq:
-                                win = self._rate_win
-                                pred_ms = position * self._rate_ms
-                                if pred_ms > mw:
-                                    code = _UNMEETABLE
-                                    ahead = position
-                                    n = position - math.floor(mw * deq / (1000.0 * win))
-                                    retry_ms = _retry_after(n if n > 0 else 1, deq, win)
+                                lane = trec.lanes[p]
+                                if self._tenant_cap and trec.live >= self._tenant_cap:
+                                    code = _TENANT_CAP
+                                    ahead = trec.live
                         if code == _OK:
-                            if mw is not None:
-                                for dl in self._dlanes:
-                                    if dl.max_wait_ms == mw:
-                                        dlane = dl
-                                        break
-                                else:
-                                    if not self._spare_dlanes:
-                                        code = _RETRY
-                            if trec is None and tenant is not None and not self._spare_tenants:
-                                code = _RETRY
-                if code == _OK:
-                    # Admitted: from here on nothing can fail.
-                    if tenant is not None:
-                        if trec is None:
-                            trec = self._spare_tenants.pop()
-                            trec.name = tenant
-                            self._tenants[tenant] = trec
-                        lane = trec.lanes[p]
-                        trec.live += 1  # counted before evicting: an eviction cannot free it
-                        self._fancy = True
-                    assert lane is not None
-                    if full:  # DROP_LRU: evict until both bounds fit
-                        cap = self._capacity
-                        nvict = 0
-                        while inter.live + classes[1].live >= cap or (budget and self._queued_tokens + tokens > budget):
-                            vc = classes[1] if classes[1].live else inter
-                            v = self._victim_lane(vc).lru_first
-                            self._remove(v)  # type: ignore[arg-type]
-                            del self._index[v.key]  # type: ignore[union-attr]
-                            if victim_last is None:
-                                victim_first = v
+                            # The position it would get: O(1) without tenants.
+                            if lane is not None and lane.rot_next is lane:
+                                position = lane.live
+                                if p:
+                                    position += inter.live
                             else:
-                                victim_last.lru_next = v
-                            victim_last = v
-                            nvict += 1
-                        self._evicted += nvict
-                        position = self._tail_position(c, lane, p)
-                    if mw is not None:
-                        if dlane is None:
-                            dlane = self._spare_dlanes.pop()
-                            dlane.max_wait_ms = mw
-                            self._dlanes.append(dlane)
-                        sentinel = dlane.head
-                        last = sentinel.dl_prev
-                        e.dl_prev = last
-                        e.dl_next = sentinel
-                        last.dl_next = e  # type: ignore[union-attr]
-                        sentinel.dl_prev = e
-                        self._dl_jobs += 1
-                        self._fancy = True
-                        if last is sentinel:
-                            d = _due_hint(now, mw)
-                            if d < self._dl_due:
-                                self._dl_due = d
-                    if job_id is None:
-                        job_id = f"{self._prefix_dash}{self._next_id:x}"
-                        self._next_id += 1
-                    elif own >= self._next_id:
-                        self._next_id = own + 1
-                    e.key = job_id
-                    e.lane = lane
-                    if lane.rot_next is None:
-                        self._rot_insert(c, lane)
-                    # lane.push(e) and lane.lru_append(e), inlined: this is the hot path.
-                    tail = lane.tail
-                    if tail - lane.head > lane.mask:
-                        lane.grow()
-                    e.seq = tail
-                    lane.ring[tail & lane.mask] = e
-                    lane.tail = tail + 1
-                    lane.live += 1
-                    e.lru_next = None
-                    e.lru_prev = last_used = lane.lru_last
-                    if last_used is None:
-                        lane.lru_first = e
-                    else:
-                        last_used.lru_next = e
-                    lane.lru_last = e
-                    c.live += 1
-                    if budget:
-                        c.tokens += tokens
-                        self._queued_tokens += tokens
-                    self._index[job_id] = e
-                    self._accepted += 1
-                    slot = self._slot if now < self._sec_end else self._roll(now)
-                    self._win_enq[slot] += 1
-                    deq = self._rate_deq if self._rate_lo <= now < self._rate_hi else self._rate(now)
-                    if deq:
-                        eta = position * self._rate_ms
-                    if self._waiters:
-                        self._waiters.popleft().release()
-                elif code != _RETRY:
-                    if waiter is not None and code in (_FULL, _FULL_TOKENS, _AHEAD, _UNMEETABLE):
-                        self._room_waiters.append(waiter)
-                        self._fancy = True
-                        code = _WAIT
-                    else:
-                        self._rejected[_CODE_REASON[code]] += 1
-                        if code in (_FULL, _FULL_TOKENS, _AHEAD):
-                            deq = self._rate(now)
-                            retry_ms = _retry_after(ahead if code == _AHEAD else 1, deq, self._rate_win)
-                            used = self._queued_tokens
+                                position = self._tail_position(c, lane, p)
+                            depth = inter.live + classes[1].live
+                            if depth >= self._capacity:
+                                full = _FULL
+                            elif budget and self._queued_tokens + tokens > budget:
+                                full = _FULL_TOKENS
+                            pol = self._policy_code
+                            if pol == 2:  # FAIL_FAST
+                                if position:
+                                    code = _AHEAD
+                                    ahead = position
+                                else:
+                                    code = full
+                            elif full:
+                                if pol == 1 and waiter is None:
+                                    # DROP_LRU: only if evicting every job it may evict makes room.
+                                    n_el = classes[1].live
+                                    t_el = classes[1].tokens
+                                    if p == 0:
+                                        n_el += inter.live
+                                        t_el += inter.tokens
+                                    if depth - n_el >= self._capacity:
+                                        code = _FULL
+                                    elif budget and self._queued_tokens - t_el + tokens > budget:
+                                        code = _FULL_TOKENS
+                                else:
+                                    code = full
+                            if code == _OK and mw is not None and position and self._feasible:
+                                deq = self._rate(now)
+                                if deq:
+                                    win = self._rate_win
+                                    pred_ms = position * self._rate_ms
+                                    if pred_ms > mw:
+                                        code = _UNMEETABLE
+                                        ahead = position
+                                        n = position - math.floor(mw * deq / (1000.0 * win))
+                                        retry_ms = _retry_after(n if n > 0 else 1, deq, win)
+                            if code == _OK:
+                                if mw is not None:
+                                    dlanes = self._dlanes
+                                    for k in range(len(dlanes)):  # (no list iterator: lock held)
+                                        dl = dlanes[k]
+                                        if dl.max_wait_ms == mw:
+                                            dlane = dl
+                                            break
+                                    else:
+                                        if not self._spare_dlanes:
+                                            code = _RETRY
+                                if trec is None and tenant is not None and not self._spare_tenants:
+                                    code = _RETRY
+                    if code == _OK:
+                        # Admitted: from here on nothing can fail.
+                        if tenant is not None:
+                            if trec is None:
+                                trec = self._spare_tenants.pop()
+                                trec.name = tenant
+                                self._tenants[tenant] = trec
+                            lane = trec.lanes[p]
+                            trec.live += 1  # counted before evicting: an eviction cannot free it
+                            self._fancy = True
+                        assert lane is not None
+                        if full:  # DROP_LRU: evict until both bounds fit
+                            cap = self._capacity
+                            nvict = 0
+                            while inter.live + classes[1].live >= cap or (
+                                budget and self._queued_tokens + tokens > budget
+                            ):
+                                vc = classes[1] if classes[1].live else inter
+                                v = self._victim_lane(vc).lru_first
+                                self._remove(v)  # type: ignore[arg-type]
+                                del self._index[v.key]  # type: ignore[union-attr]
+                                if victim_last is None:
+                                    victim_first = v
+                                else:
+                                    victim_last.lru_next = v
+                                victim_last = v
+                                nvict += 1
+                            self._evicted += nvict
+                            position = self._tail_position(c, lane, p)
+                        if mw is not None:
+                            if dlane is None:
+                                dlane = self._spare_dlanes.pop()
+                                dlane.max_wait_ms = mw
+                                self._dlanes.append(dlane)
+                            sentinel = dlane.head
+                            last = sentinel.dl_prev
+                            e.dl_prev = last
+                            e.dl_next = sentinel
+                            last.dl_next = e  # type: ignore[union-attr]
+                            sentinel.dl_prev = e
+                            self._dl_jobs += 1
+                            self._fancy = True
+                            if last is sentinel:
+                                d = _due_hint(now, mw)
+                                if d < self._dl_due:
+                                    self._dl_due = d
+                        if job_id is None:
+                            # %-formatting: an f-string's format spec looks up int.__format__,
+                            # a new bound method (GC-tracked) under the lock.
+                            job_id = self._prefix_dash + "%x" % self._next_id  # noqa: UP031
+                            self._next_id += 1
+                        elif own >= self._next_id:
+                            self._next_id = own + 1
+                        e.key = job_id
+                        e.lane = lane
+                        if lane.rot_next is None:
+                            self._rot_insert(c, lane)
+                        # lane.push(e) and lane.lru_append(e), inlined: this is the hot path.
+                        tail = lane.tail
+                        if tail - lane.head > lane.mask:
+                            lane.grow()
+                        e.seq = tail
+                        lane.ring[tail & lane.mask] = e
+                        lane.tail = tail + 1
+                        lane.live += 1
+                        e.lru_next = None
+                        e.lru_prev = last_used = lane.lru_last
+                        if last_used is None:
+                            lane.lru_first = e
+                        else:
+                            last_used.lru_next = e
+                        lane.lru_last = e
+                        c.live += 1
+                        if budget:
+                            c.tokens += tokens
+                            self._queued_tokens += tokens
+                        self._index[job_id] = e
+                        self._accepted += 1
+                        slot = self._slot if now < self._sec_end else self._roll(now)
+                        self._win_enq[slot] += 1
+                        deq = self._rate_deq if self._rate_lo <= now < self._rate_hi else self._rate(now)
+                        if deq:
+                            eta = position * self._rate_ms
+                        if self._waiters:
+                            self._waiters.popleft().release()
+                    elif code != _RETRY:
+                        if waiter is not None and code in _WAIT_CODES:
+                            self._room_waiters.append(waiter)
+                            self._fancy = True
+                            code = _WAIT
+                        else:
+                            self._rejected[_CODE_REASON[code]] += 1
+                            if code in _FULL_CODES:
+                                deq = self._rate(now)
+                                retry_ms = _retry_after(ahead if code == _AHEAD else 1, deq, self._rate_win)
+                                used = self._queued_tokens
+                finally:
+                    self._busy = False
             if code != _RETRY:
                 break
         if code != _OK:
@@ -1830,14 +1924,15 @@ class Queue:
                 self._free_tenant(tr)
 
     def _remove_waiter(self, waiter: Any) -> bool:
-        try:
+        # A membership test, not try/except ValueError: lock held, and the exception is GC-tracked.
+        if waiter in self._waiters:
             self._waiters.remove(waiter)
-        except ValueError:
-            return False  # a producer or close() already woke it
-        return True
+            return True
+        return False  # a producer or close() already woke it
 
-    def _take(self, max_jobs: int, timeout: float) -> tuple[list[_Entry], float]:
-        """Up to ``max_jobs`` entries, waiting up to ``timeout`` s (-1: forever) for the first."""
+    def _take(self, max_jobs: int, timeout: float, method: str) -> tuple[list[_Entry], float]:
+        """Up to ``max_jobs`` entries, waiting up to ``timeout`` s (-1: forever) for the first
+        (for the public ``method``)."""
         deadline = _mono() + timeout if timeout > 0 else 0.0
         taken: list[_Entry] = []
         waiter: Any = None
@@ -1850,29 +1945,42 @@ class Queue:
                 # pass the wake-up on.
                 if was_woken:
                     with self._lock:
-                        if self._waiters and (self._classes[0].live or self._classes[1].live):
-                            self._waiters.popleft().release()
+                        self._enter(method)
+                        try:
+                            if self._waiters and (self._classes[0].live or self._classes[1].live):
+                                self._waiters.popleft().release()
+                        finally:
+                            self._busy = False
                 raise
             was_woken = False
             need_waiter = False
             with self._lock:
-                while len(taken) < max_jobs:
-                    e = self._pop_locked(now)
-                    if e is None:
-                        break
-                    taken.append(e)
-                if taken or self._closed or timeout == 0:
-                    return taken, now
-                remaining = -1.0
-                if timeout > 0:
-                    remaining = deadline - _mono()
-                    if remaining <= 0:
-                        return taken, now
-                    remaining = min(remaining, threading.TIMEOUT_MAX)
-                if waiter is None:
-                    need_waiter = True  # made outside the lock, then try again
-                else:
-                    self._waiters.append(waiter)
+                self._enter(method)
+                try:
+                    while len(taken) < max_jobs:
+                        e = self._pop_locked(now)
+                        if e is None:
+                            break
+                        taken.append(e)
+                    # Returned after the lock (the tuple is GC-tracked), and no min() (its
+                    # argument tuple) under it.
+                    done = len(taken) > 0 or self._closed or timeout == 0
+                    remaining = -1.0
+                    if not done and timeout > 0:
+                        remaining = deadline - _mono()
+                        if remaining <= 0:
+                            done = True
+                        elif remaining > threading.TIMEOUT_MAX:
+                            remaining = threading.TIMEOUT_MAX
+                    if not done:
+                        if waiter is None:
+                            need_waiter = True  # made outside the lock, then try again
+                        else:
+                            self._waiters.append(waiter)
+                finally:
+                    self._busy = False
+            if done:
+                return taken, now
             if need_waiter:
                 # Only a consumer that has to wait pays for its wake-up lock.
                 waiter = threading.Lock()
@@ -1882,16 +1990,24 @@ class Queue:
                 waiter.acquire(True, remaining)
             except BaseException:
                 with self._lock:
-                    if (
-                        not self._remove_waiter(waiter)
-                        and self._waiters
-                        and (self._classes[0].live or self._classes[1].live)
-                    ):
-                        # Woken for a job we will not take: pass the wake-up on.
-                        self._waiters.popleft().release()
+                    self._enter(method)
+                    try:
+                        if (
+                            not self._remove_waiter(waiter)
+                            and self._waiters
+                            and (self._classes[0].live or self._classes[1].live)
+                        ):
+                            # Woken for a job we will not take: pass the wake-up on.
+                            self._waiters.popleft().release()
+                    finally:
+                        self._busy = False
                 raise
             with self._lock:
-                was_woken = not self._remove_waiter(waiter)
+                self._enter(method)
+                try:
+                    was_woken = not self._remove_waiter(waiter)
+                finally:
+                    self._busy = False
             waiter = None
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # one last non-blocking attempt
@@ -1908,11 +2024,20 @@ class Queue:
             clock = self._clock
             now = _mono() if clock is None else call_clock(clock)
             with self._lock:
-                e = self._pop_locked(now)
+                # self._enter("dequeue"), inlined: this is the hot path.
+                if self._busy:
+                    _reentered("dequeue")
+                if _GC_AT_CHECKS:
+                    _gc_point()
+                self._busy = True
+                try:
+                    e = self._pop_locked(now)
+                finally:
+                    self._busy = False
             if e is None:
                 return None
         else:
-            taken, now = self._take(1, check_timeout(timeout))
+            taken, now = self._take(1, check_timeout(timeout), "dequeue")
             if not taken:
                 return None
             e = taken[0]
@@ -1929,7 +2054,7 @@ class Queue:
         ``timeout`` is as for ``dequeue`` and applies to the first job only.
         """
         n = check_count(max_jobs, "max_jobs")
-        taken, now = self._take(n, check_timeout(timeout))
+        taken, now = self._take(n, check_timeout(timeout), "dequeue_many")
         return [_make_job(e.key, e.task, e.enqueued_at, (now - e.enqueued_at) * 1000.0) for e in taken]
 
     def take_expired(self) -> list[Job]:
@@ -1939,10 +2064,14 @@ class Queue:
         jobs free their place at once but are held here until taken: call this regularly."""
         now = self._now_if_deadlines()
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            e = self._exp_first
-            self._exp_first = self._exp_last = None
+            self._enter("take_expired")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                e = self._exp_first
+                self._exp_first = self._exp_last = None
+            finally:
+                self._busy = False
         out = []
         while e is not None:
             out.append(_make_job(e.key, e.task, e.enqueued_at, (e.left_at - e.enqueued_at) * 1000.0))
@@ -1952,18 +2081,24 @@ class Queue:
     def drain(self) -> list[Job]:
         """Remove and return every queued job in dequeue order (counted as drained)."""
         now = self._now()
+        taken: list[_Entry] = []  # (made before the lock: nothing GC-tracked is made under it)
+        classes = self._classes
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            taken: list[_Entry] = []
-            for c in self._classes:
-                while c.live:
-                    e = self._pop_rr(c)
-                    del self._index[e.key]
-                    taken.append(e)
-            self._drained += len(taken)
-            if taken and self._room_waiters:
-                self._wake_rooms()
+            self._enter("drain")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                for p in range(2):  # not `for c in classes`: no iterator object under the lock
+                    c = classes[p]
+                    while c.live:
+                        e = self._pop_rr(c)
+                        del self._index[e.key]
+                        taken.append(e)
+                self._drained += len(taken)
+                if taken and self._room_waiters:
+                    self._wake_rooms()
+            finally:
+                self._busy = False
         return [_make_job(e.key, e.task, e.enqueued_at, (now - e.enqueued_at) * 1000.0) for e in taken]
 
     def close(self) -> None:
@@ -1973,11 +2108,15 @@ class Queue:
         Queued jobs can still be dequeued or drained. Idempotent.
         """
         with self._lock:
-            self._closed = True
-            waiters = self._waiters
-            while waiters:
-                waiters.popleft().release()
-            self._wake_rooms()
+            self._enter("close")
+            try:
+                self._closed = True
+                waiters = self._waiters
+                while waiters:
+                    waiters.popleft().release()
+                self._wake_rooms()
+            finally:
+                self._busy = False
 
     # -- by job id --------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
@@ -1986,15 +2125,19 @@ class Queue:
             job_id = check_job_id(job_id)
         now = self._now_if_deadlines()
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            e = self._index.pop(job_id, None)
-            if e is None:
-                return False
-            self._remove(e)
-            self._cancelled += 1
-            if self._room_waiters:
-                self._wake_rooms()
+            self._enter("cancel")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                e = self._index.pop(job_id, None)
+                if e is None:
+                    return False
+                self._remove(e)
+                self._cancelled += 1
+                if self._room_waiters:
+                    self._wake_rooms()
+            finally:
+                self._busy = False
         return True
 
     def touch(self, job_id: str) -> bool:
@@ -2003,15 +2146,19 @@ class Queue:
             job_id = check_job_id(job_id)
         now = self._now_if_deadlines()
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            e = self._index.get(job_id)
-            if e is None:
-                return False
-            lane = e.lane
-            if lane.lru_last is not e:
-                lane.lru_unlink(e)
-                lane.lru_append(e)
+            self._enter("touch")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                e = self._index.get(job_id)
+                if e is None:
+                    return False
+                lane = e.lane
+                if lane.lru_last is not e:
+                    lane.lru_unlink(e)
+                    lane.lru_append(e)
+            finally:
+                self._busy = False
         return True
 
     def position(self, job_id: str) -> int | None:
@@ -2024,12 +2171,16 @@ class Queue:
             job_id = check_job_id(job_id)
         now = self._now_if_deadlines()
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            e = self._index.get(job_id)
-            if e is None:
-                return None
-            return self._rank_of(e)
+            self._enter("position")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                e = self._index.get(job_id)
+                if e is None:
+                    return None
+                return self._rank_of(e)
+            finally:
+                self._busy = False
 
     def eta_ms(self, job_id: str) -> float | None:
         """Advisory: milliseconds until the jobs ahead of this one drain at the measured
@@ -2039,15 +2190,19 @@ class Queue:
             job_id = check_job_id(job_id)
         now = self._now()
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            e = self._index.get(job_id)
-            if e is None:
-                return None
-            deq = self._rate(now)
-            if not deq:
-                return None
-            return self._rank_of(e) * self._rate_ms
+            self._enter("eta_ms")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                e = self._index.get(job_id)
+                if e is None:
+                    return None
+                deq = self._rate(now)
+                if not deq:
+                    return None
+                return self._rank_of(e) * self._rate_ms
+            finally:
+                self._busy = False
 
     def __contains__(self, job_id: object) -> bool:
         if type(job_id) is not str:
@@ -2056,52 +2211,124 @@ class Queue:
             job_id = str.__str__(job_id)  # never a subclass's __hash__ / __eq__
         now = self._now_if_deadlines()
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            return job_id in self._index
+            self._enter("__contains__")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                return job_id in self._index
+            finally:
+                self._busy = False
+
+    @staticmethod
+    def _lanes_into(c: _Class, lru: bool, keys: list[Any], k: int, counts: list[int], j: int) -> int:
+        """Lock held, ``c`` not empty: copy the job ids of ``c``'s lanes, lane after lane in
+        round-robin order (each in dequeue order, or LRU order with ``lru``), into ``keys`` from
+        index ``k``, and the lanes' lengths into ``counts`` from index ``j`` (both big enough);
+        returns the index after the last id written."""
+        lane = c.cur
+        while True:
+            k0 = k
+            if lru:
+                e = lane.lru_first  # type: ignore[union-attr]
+                while e is not None:
+                    keys[k] = e.key
+                    k += 1
+                    e = e.lru_next
+            else:
+                ring = lane.ring  # type: ignore[union-attr]
+                mask = lane.mask  # type: ignore[union-attr]
+                for s in range(lane.head, lane.tail):  # type: ignore[union-attr]
+                    e = ring[s & mask]
+                    if e is not None:
+                        keys[k] = e.key
+                        k += 1
+            counts[j] = k - k0
+            j += 1
+            lane = lane.rot_next  # type: ignore[union-attr]
+            if lane is c.cur:
+                return k
+
+    def _copy_lanes(self, method: str, first: int, stop: int, lru: bool) -> tuple[list[Any], list[int], list[int]]:
+        """The job ids of classes ``first`` to ``stop - 1``, lane after lane (see
+        ``_lanes_into``), each lane's length, and how many lanes each class has. The lists are
+        made before the lock, at the sizes read without it, and filled under it; if the queue
+        grew in between, they are made again, larger."""
+        classes = self._classes
+        now = self._now_if_deadlines()
+        n_keys = n_lanes = 0
+        for p in range(first, stop):
+            n_keys += classes[p].live
+            n_lanes += classes[p].nlanes
+        while True:
+            keys: list[Any] = [None] * n_keys
+            counts = [0] * n_lanes
+            lanes_of = [0, 0]
+            with self._lock:
+                self._enter(method)
+                try:
+                    if now >= self._dl_due:
+                        self._sweep(now)
+                    n_keys = n_lanes = 0
+                    for p in range(first, stop):
+                        c = classes[p]
+                        if c.live:
+                            n_keys += c.live
+                            n_lanes += c.nlanes
+                    fits = n_keys <= len(keys) and n_lanes <= len(counts)
+                    if fits:
+                        k = j = 0
+                        for p in range(first, stop):
+                            c = classes[p]
+                            if c.live:
+                                k = self._lanes_into(c, lru, keys, k, counts, j)
+                                lanes_of[p] = c.nlanes
+                                j += c.nlanes
+                finally:
+                    self._busy = False
+            if fits:
+                return keys, counts, lanes_of
+            n_keys += n_keys // 2 + 8  # it grew meanwhile: leave some room this time
+            n_lanes += n_lanes // 2 + 8
 
     def snapshot(self, priority: Priority | str | None = None) -> list[str]:
         """Queued job ids in dequeue order (only one class when ``priority`` is given)."""
-        classes = (
-            self._classes
-            if priority is None
-            else (self._classes[_PRIORITIES.index(Priority.parse(priority, "priority"))],)
-        )
-        now = self._now_if_deadlines()
-        with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            out: list[str] = []
-            for c in classes:
-                lanes = [lane.iter_live() for lane in c.lanes()]
-                k = 0
-                while lanes:
-                    rest = []
-                    for items in lanes:
-                        out.append(items[k].key)
-                        if len(items) > k + 1:
-                            rest.append(items)
-                    lanes = rest
-                    k += 1
-            return out
+        if priority is None:
+            first, stop = 0, 2
+        else:
+            first = _PRIORITIES.index(Priority.parse(priority, "priority"))
+            stop = first + 1
+        keys, counts, lanes_of = self._copy_lanes("snapshot", first, stop, False)
+        out: list[str] = []
+        k = j = 0
+        for p in range(first, stop):
+            # The round robin: one job from each lane in turn, while it has any.
+            lanes = []
+            for _ in range(lanes_of[p]):
+                lanes.append((k, counts[j]))
+                k += counts[j]
+                j += 1
+            r = 0
+            while lanes:
+                rest = []
+                for start, n in lanes:
+                    out.append(keys[start + r])
+                    if n > r + 1:
+                        rest.append((start, n))
+                lanes = rest
+                r += 1
+        return out
 
     def lru_order(self, priority: Priority | str) -> list[str]:
         """Job ids of one class in the order DROP_LRU would evict them: least recently used
         first (enqueue and ``touch`` make a job recent); with tenants, each eviction takes
         from the tenant with the most jobs in the class (ties: the latest in the round robin)."""
-        c = self._classes[_PRIORITIES.index(Priority.parse(priority, "priority"))]
-        now = self._now_if_deadlines()
-        with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            per_lane: list[list[str]] = []
-            for lane in c.lanes():
-                keys = []
-                e = lane.lru_first
-                while e is not None:
-                    keys.append(e.key)
-                    e = e.lru_next
-                per_lane.append(keys)
+        p = _PRIORITIES.index(Priority.parse(priority, "priority"))
+        keys, counts, lanes_of = self._copy_lanes("lru_order", p, p + 1, True)
+        per_lane: list[list[str]] = []
+        k = 0
+        for j in range(lanes_of[p]):
+            per_lane.append(keys[k : k + counts[j]])
+            k += counts[j]
         if len(per_lane) == 1:
             return per_lane[0]
         heap = [(-len(keys), -i) for i, keys in enumerate(per_lane)]
@@ -2122,54 +2349,93 @@ class Queue:
         """An immutable snapshot of counters, rates and wait percentiles (O(1) in depth,
         O(m) in the tenants with queued work)."""
         now = self._now()
+        # Everything the snapshot needs is made before the lock and filled under it (ints,
+        # floats and flags only); the result is built after it.
+        slots = [False] * WINDOW_SLOTS
+        window: list[Any] = [0, 0, 0.0]
+        hist = [0] * WAIT_BUCKETS
+        life = [0] * WAIT_BUCKETS
+        rejected = [0] * len(_REASONS)
+        classes = self._classes
+        c0 = classes[0]
+        c1 = classes[1]
         with self._lock:
-            if now >= self._dl_due:
-                self._sweep(now)
-            enq, deq, win, slots = self._window(now)
-            hist = [0] * WAIT_BUCKETS
-            wmax = 0.0
-            for i in slots:
-                h = self._win_hist[i]
+            self._enter("metrics")
+            try:
+                if now >= self._dl_due:
+                    self._sweep(now)
+                self._window_into(now, slots, window)
+                wmax = 0.0
+                for i in range(WINDOW_SLOTS):
+                    if slots[i]:
+                        h = self._win_hist[i]
+                        for b in range(WAIT_BUCKETS):
+                            hist[b] += h[b]
+                        if self._win_max[i] > wmax:
+                            wmax = self._win_max[i]
+                oldest = None
+                for p in range(2):
+                    c = classes[p]
+                    if c.live:  # every lane in the round robin has jobs: compare their heads
+                        lane = c.cur
+                        while True:
+                            t = lane.ring[lane.head & lane.mask].enqueued_at  # type: ignore[union-attr]
+                            if oldest is None or t < oldest:
+                                oldest = t
+                            lane = lane.rot_next  # type: ignore[union-attr]
+                            if lane is c.cur:
+                                break
+                src = self._life_hist
                 for b in range(WAIT_BUCKETS):
-                    hist[b] += h[b]
-                wmax = max(wmax, self._win_max[i])
-            c0, c1 = self._classes
-            oldest = None
-            for c in (c0, c1):
-                for lane in c.lanes():
-                    t = lane.ring[lane.head & lane.mask].enqueued_at  # type: ignore[union-attr]
-                    if oldest is None or t < oldest:
-                        oldest = t
-            raw = (
-                now,
-                self._capacity,
-                c0.live,
-                c1.live,
-                self._accepted,
-                tuple(self._rejected),
-                self._evicted,
-                self._cancelled,
-                self._dequeued,
-                self._drained,
-                oldest,
-                win,
-                enq,
-                deq,
-                hist,
-                wmax,
-                list(self._life_hist),
-                self._life_sum,
-                _retry_after(1, deq, win),
-                self._closed,
-                self._expired,
-                self._queued_tokens if self._budget else None,
-            )
+                    life[b] = src[b]
+                src = self._rejected
+                for r in range(len(_REASONS)):
+                    rejected[r] = src[r]
+                live0 = c0.live
+                live1 = c1.live
+                accepted = self._accepted
+                evicted = self._evicted
+                cancelled = self._cancelled
+                dequeued = self._dequeued
+                drained = self._drained
+                expired = self._expired
+                life_sum = self._life_sum
+                closed = self._closed
+                tokens = self._queued_tokens
+            finally:
+                self._busy = False
+        enq, deq, win = window
+        raw = (
+            now,
+            self._capacity,
+            live0,
+            live1,
+            accepted,
+            tuple(rejected),
+            evicted,
+            cancelled,
+            dequeued,
+            drained,
+            oldest,
+            win,
+            enq,
+            deq,
+            hist,
+            wmax,
+            life,
+            life_sum,
+            _retry_after(1, deq, win),
+            closed,
+            expired,
+            tokens if self._budget else None,
+        )
         return build_metrics(self._pool_id, self._policy.value, raw)
 
 
 # fork(): every queue's lock is taken before the fork, so no thread is half-way through an
 # operation in the child's copy; the child then unlocks and forgets the parent's blocked
-# consumers (their threads do not exist there).
+# consumers (their threads do not exist there). (The locks are RLocks: the forking thread
+# is the child's main thread, with the same identity, so it releases what it took.)
 _LIVE_QUEUES: weakref.WeakSet[Queue] = weakref.WeakSet()
 _FORK_HELD: list[Queue] = []
 

@@ -70,29 +70,9 @@ def run_script(name: str, *args: str, timeout: float = 120.0, env: dict[str, str
 #: xfail for the affected engines only, so the suite stays green and a fix is noticed:
 #: with ``strict`` the test then passes, strict xfail turns that into a failure, and the
 #: entry here is deleted. Non-strict entries are limitations that may pass by luck.
-KNOWN_BUGS: dict[str, tuple[frozenset[str], str, bool]] = {
-    "pure-gc-under-lock": (
-        frozenset({"py"}),
-        "the pure engine allocates GC-tracked objects under its lock (_window's list, metrics' "
-        "lists and tuple, snapshot/lru_order lists, _take's return tuple): a collection run "
-        "there can call a __del__ that uses the queue -> deadlock",
-        True,
-    ),
-    "pure-gc-under-lock-py310": (
-        # On 3.10 every Python-level call allocates a frame object the GC tracks, so even an
-        # allocation-free locked section can start a collection: a limitation there.
-        frozenset({"py"}) if sys.version_info < (3, 11) else frozenset(),
-        "3.10: calls inside the pure engine's locked sections allocate frame objects, which "
-        "can start the cyclic GC there",
-        False,
-    ),
-    "pure-signal-handler-under-lock": (
-        frozenset({"py"}),
-        "a Python signal handler can run inside the pure engine's locked section (Python "
-        "code); if it uses the queue it waits for the lock its own thread holds",
-        False,
-    ),
-}
+#: None is open (the last ones, the pure engine's cyclic GC and signal handlers inside its
+#: locked sections, were fixed for issue #8).
+KNOWN_BUGS: dict[str, tuple[frozenset[str], str, bool]] = {}
 
 
 def known_bug(request: pytest.FixtureRequest, impl: ModuleType | str, bug: str) -> None:

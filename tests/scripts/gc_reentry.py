@@ -30,6 +30,7 @@ Task = impl.Task
 
 state = {"in_op": False, "inside": 0, "outside": 0, "errors": 0}
 current: dict[str, Any] = {}
+error_samples: list[str] = []  # the first few errors, for the report
 
 
 class Bomb:
@@ -51,8 +52,10 @@ class Bomb:
             q.cancel("not-there")
             q.snapshot()
             _ = len(q)
-        except Exception:  # noqa: BLE001 - counted; a refusal is fine, a deadlock is not
+        except Exception as exc:  # noqa: BLE001 - counted and reported
             state["errors"] += 1
+            if len(error_samples) < 5:
+                error_samples.append(f"{current.get('op')} k={current.get('k')}: {exc!r}")
 
 
 def setup(policy: str, fill: int, capacity: int = 4, **queue_kw: Any) -> Any:
@@ -64,6 +67,43 @@ def setup(policy: str, fill: int, capacity: int = 4, **queue_kw: Any) -> Any:
 
 def expired_setup() -> Any:
     q = setup("reject-new", 3, max_wait_ms=0.001)
+    time.sleep(0.002)
+    return q
+
+
+def plain(fill: int, capacity: int = 100, policy: str = "reject-new", **queue_kw: Any) -> Any:
+    """One lane (no tenants), every job a batch job."""
+    q = impl.Queue(capacity, policy, id_prefix="q", **queue_kw)
+    for i in range(fill):
+        q.enqueue(Task("m", 1, priority="batch", job_id=f"j{i}"))
+    return q
+
+
+def tenants(fill: int, n: int = 3, policy: str = "drop-lru") -> Any:
+    """Batch jobs of ``n`` tenants, uneven (the first tenant has the most)."""
+    q = impl.Queue(100, policy, id_prefix="q")
+    for i in range(fill):
+        q.enqueue(Task("m", 1, priority="batch", job_id=f"j{i}", tenant=f"t{min(i % (n + 1), n - 1)}"))
+    return q
+
+
+def tombstones(q: Any) -> Any:
+    """Cancel every other job of ``q`` but the first: tombstones inside the ring."""
+    for job_id in q.snapshot()[1::2]:
+        q.cancel(job_id)
+    return q
+
+
+def cancel_many(q: Any) -> None:
+    """Enough cancels from the middle of one lane that it compacts (and shrinks)."""
+    for i in range(1, 70):
+        q.cancel(f"j{i}")
+
+
+def half_expired() -> Any:
+    q = plain(0)
+    for i in range(4):
+        q.enqueue(Task("m", 1, priority="batch", job_id=f"old{i}", max_wait_ms=0.001 if i % 2 else 60_000.0))
     time.sleep(0.002)
     return q
 
@@ -104,6 +144,32 @@ OPS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
         lambda q: q.enqueue(Task("m", 1, max_wait_ms=0.001)),
     ),
     "take-expired": (expired_setup, lambda q: q.take_expired()),
+    # Rarer internal paths: round robin over tenants, ring shrinking and compaction, the
+    # tombstone tree, deadline sweeps inside other operations, multi-job evictions.
+    "enqueue-plain-grows-ring": (lambda: plain(8), lambda q: q.enqueue(Task("m", 1, priority="batch"))),
+    "enqueue-tenant-joins": (lambda: tenants(5), lambda q: q.enqueue(Task("m", 1, priority="batch", tenant="new"))),
+    "enqueue-evicts-tokens": (
+        lambda: plain(4, policy="drop-lru", max_queued_tokens=4),
+        lambda q: q.enqueue(Task("m", 3, priority="batch", job_id="big")),
+    ),
+    "enqueue-evicts-tenants": (
+        lambda: tenants(9, policy="drop-lru"),
+        lambda q: [q.enqueue(Task("m", 1, tenant="t1")) for _ in range(2)],
+    ),
+    "dequeue-tenants": (lambda: tenants(7), lambda q: q.dequeue_many(5)),
+    "dequeue-many-shrinks-ring": (lambda: plain(40), lambda q: q.dequeue_many(40)),
+    "dequeue-expires": (half_expired, lambda q: q.dequeue()),
+    "cancel-compacts": (lambda: plain(80), cancel_many),
+    "position-tombstones": (
+        lambda: tombstones(plain(20)),
+        lambda q: (q.position("j18"), q.cancel("j16"), q.position("j18")),  # built, then updated
+    ),
+    "position-tenants": (lambda: tombstones(tenants(12)), lambda q: q.position("j8")),
+    "snapshot-tenants": (lambda: tenants(9), lambda q: q.snapshot()),
+    "lru-order-tenants": (lambda: tenants(9), lambda q: (q.touch("j0"), q.lru_order("batch"))),
+    "drain-tenants": (lambda: tenants(9), lambda q: q.drain()),
+    "metrics-after-waits": (lambda: (lambda q: (q.dequeue(), q.dequeue(), q)[2])(plain(6)), lambda q: q.metrics()),
+    "len-expires": (half_expired, lambda q: len(q)),
     "eta": (lambda: setup("reject-new", 4), lambda q: q.eta_ms("j3")),
 }
 
@@ -127,7 +193,9 @@ def main() -> None:
         # Each operation's sweep takes well under a second; a deadlock ends here, with tracebacks.
         faulthandler.dump_traceback_later(10, exit=True)
         before = state["inside"]
+        current["op"] = name
         for k in range(SWEEP):
+            current["k"] = k
             q = make()
             current["q"] = q
             gc.collect()
@@ -143,7 +211,8 @@ def main() -> None:
             check(q, f"{name} k={k}")
         per_op[name] = state["inside"] - before
     faulthandler.cancel_dump_traceback_later()
-    print(json.dumps({"engine": ENGINE, "ops": len(OPS), "sweep": SWEEP, "inside_per_op": per_op, **state}), flush=True)
+    summary = {"engine": ENGINE, "ops": len(OPS), "sweep": SWEEP, "inside_per_op": per_op, **state}
+    print(json.dumps({**summary, "error_samples": error_samples}), flush=True)
 
 
 if __name__ == "__main__":
