@@ -548,3 +548,482 @@ def test_a_lone_waiter_never_misses_a_job_from_a_thread(impl: ModuleType, run: R
         assert balanced(q)
 
     run(main())
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 10 through the asyncio face: options, eta_ms, take_expired
+
+
+def test_constructor_forwards_the_issue_10_options(impl: ModuleType, clock: Any) -> None:
+    q = AsyncQueue(
+        5,
+        "reject-new",
+        clock=clock,
+        id_prefix="n",
+        max_wait_ms=500,
+        admit_only_feasible=True,
+        max_queued_per_tenant=1,
+        max_queued_tokens=100,
+    )
+    assert (q.max_wait_ms, q.admit_only_feasible, q.max_queued_per_tenant, q.max_queued_tokens) == (
+        500,
+        True,
+        1,
+        100,
+    )
+    assert q.enqueue(Task("m", 1, tenant="acme")).accepted
+    assert q.enqueue(Task("m", 1, tenant="acme")).reason is RejectionReason.POLICY_VIOLATION  # tenant cap
+    assert q.enqueue(Task("m", 101)).reason is RejectionReason.POLICY_VIOLATION  # over the token budget
+    clock.advance(1.0)  # past the queue's default deadline
+    assert [j.task.tenant for j in q.take_expired()] == ["acme"]
+    plain = make(impl)
+    assert (plain.max_wait_ms, plain.admit_only_feasible, plain.max_queued_per_tenant, plain.max_queued_tokens) == (
+        None,
+        False,
+        None,
+        None,
+    )
+    with pytest.raises(ValueError, match="max_queued_tokens"):
+        AsyncQueue(5, max_queued_tokens=0)
+
+
+def test_eta_ms_and_take_expired_are_the_queues(impl: ModuleType, clock: Any) -> None:
+    q = make(impl, clock=clock)
+    ids = [q.enqueue(impl.Task("m", 1)).job_id for _ in range(4)]
+    assert q.eta_ms(ids[1]) is None  # no dequeue rate measured yet
+    assert q.dequeue_nowait() is not None
+    clock.advance(1.0)  # one completed second with one dequeue: 1000 ms per job
+    assert [q.eta_ms(i) for i in ids[1:]] == [0.0, 1000.0, 2000.0]
+    assert q.eta_ms(ids[3]) == q.queue.eta_ms(ids[3])
+    assert q.eta_ms("nope") is None
+    with pytest.raises(ValueError, match="job_id"):
+        q.eta_ms("")
+    late = q.enqueue(impl.Task("m", 1, max_wait_ms=100)).job_id
+    assert q.take_expired() == []
+    clock.advance(0.5)
+    expired = q.take_expired()
+    assert [j.job_id for j in expired] == [late]
+    assert expired[0].wait_ms == pytest.approx(500.0)
+    assert q.take_expired() == []
+    assert q.metrics().expired == 1 and late not in q
+
+
+# ---------------------------------------------------------------------------------------
+# put: the admission wait on the event loop
+
+
+def _full(impl: ModuleType, policy: str, **kw: Any) -> tuple[AsyncQueue, str]:
+    """A queue of capacity 1 holding one job (with a deadline, for take_expired)."""
+    q = make(impl, capacity=1, policy=policy, **kw)
+    return q, q.enqueue(impl.Task("m", 1, max_wait_ms=500, priority="batch")).job_id
+
+
+async def _room_by_dequeue(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    assert (await q.dequeue()).job_id == job_id  # type: ignore[union-attr]
+
+
+async def _room_by_dequeue_many(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    assert [j.job_id for j in await q.dequeue_many(4)] == [job_id]
+
+
+async def _room_by_dequeue_nowait(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    assert q.dequeue_nowait().job_id == job_id  # type: ignore[union-attr]
+
+
+async def _room_by_dequeue_many_nowait(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    assert [j.job_id for j in q.dequeue_many_nowait(4)] == [job_id]
+
+
+async def _room_by_cancel(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    assert q.cancel(job_id) is True
+
+
+async def _room_by_drain(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    assert [j.job_id for j in q.drain()] == [job_id]
+
+
+async def _room_by_take_expired(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    clock.advance(1.0)  # the job's 500 ms deadline passes: take_expired sweeps it out
+    assert [j.job_id for j in q.take_expired()] == [job_id]
+
+
+async def _room_by_a_thread(q: AsyncQueue, job_id: str, clock: Any) -> None:
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(q.dequeue_nowait()))
+    thread.start()
+    thread.join()
+    assert got[0].job_id == job_id
+
+
+ROOM_MAKERS = [
+    _room_by_dequeue,
+    _room_by_dequeue_many,
+    _room_by_dequeue_nowait,
+    _room_by_dequeue_many_nowait,
+    _room_by_cancel,
+    _room_by_drain,
+    _room_by_take_expired,
+    _room_by_a_thread,
+]
+
+
+@pytest.mark.parametrize("make_room", ROOM_MAKERS, ids=lambda f: f.__name__.removeprefix("_room_by_"))
+@pytest.mark.parametrize("policy", ["reject-new", "drop-lru", "fail-fast"])
+def test_put_waits_for_room_and_is_woken_once(
+    impl: ModuleType, clock: Any, run: Run[Any], policy: str, make_room: Callable[..., Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        q, first = _full(impl, policy, clock=clock)
+        waiting = Stepped(q.put(impl.Task("m", 1, job_id="mine"), wait=None))
+        task = spawn(waiting)
+        await settle()
+        assert not task.done() and q.waiting_for_room() == 1
+        assert q.snapshot() == [first]  # nothing evicted, nothing admitted while it waits
+        await make_room(q, first, clock)
+        res = await task
+        assert res.accepted and res.job_id == "mine" and res.position == 0 and res.evicted is None
+        assert waiting.resumptions == 2  # parked once, woken once: no polling
+        assert q.waiting_for_room() == 0 and q.snapshot() == ["mine"]
+        m = q.metrics()
+        assert m.evicted == 0 and sum(m.rejected.values()) == 0  # waiting is not refusing
+        assert m.accepted == m.dequeued + m.cancelled + m.evicted + m.drained + m.expired + m.depth
+
+    run(main())
+
+
+def test_put_with_room_never_suspends_and_wakes_a_consumer(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q = make(impl, capacity=2)
+        consumer = asyncio.ensure_future(q.dequeue())
+        await settle()
+        putting = Stepped(q.put(impl.Task("m", 1), wait=None))
+        res = await putting
+        assert res.accepted and putting.resumptions == 1
+        job = await consumer
+        assert job is not None and job.job_id == res.job_id
+        assert q.waiting() == 0 and q.waiting_for_room() == 0
+
+    run(main())
+
+
+def test_a_put_that_waited_wakes_a_consumer(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "reject-new")
+        putting = asyncio.ensure_future(q.put(impl.Task("m", 1, job_id="mine")))
+        await settle()
+        assert (await q.dequeue()).job_id == first  # type: ignore[union-attr]
+        consumer = asyncio.ensure_future(q.dequeue())  # parks before the woken put runs
+        res = await putting
+        assert res.accepted
+        job = await consumer
+        assert job is not None and job.job_id == "mine"
+
+    run(main())
+
+
+def test_put_timing_out_is_refused_by_reject_new_and_fail_fast(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        for policy in ("reject-new", "fail-fast"):
+            q, first = _full(impl, policy)
+            res = await q.put(impl.Task("m", 1), wait=0.01)
+            assert not res.accepted and res.reason is RejectionReason.QUEUE_FULL and res.retriable
+            assert "is full (1)" in res.message
+            assert q.snapshot() == [first] and q.waiting_for_room() == 0
+            assert q.metrics().rejected[RejectionReason.QUEUE_FULL] == 1  # the final refusal only
+        # FAIL_FAST also waits while a job is ahead (room, but not next in line).
+        q = make(impl, capacity=5, policy="fail-fast")
+        first = q.enqueue(impl.Task("m", 1)).job_id
+        res = await q.put(impl.Task("m", 1), wait=0.01)
+        assert res.reason is RejectionReason.QUEUE_FULL and "fail-fast: 1 job(s) queued ahead" in res.message
+        putting = asyncio.ensure_future(q.put(impl.Task("m", 1, job_id="mine")))
+        await settle()
+        assert q.waiting_for_room() == 1
+        assert (await q.dequeue()).job_id == first  # type: ignore[union-attr]
+        res = await putting
+        assert res.accepted and res.position == 0
+
+    run(main())
+
+
+def test_put_under_drop_lru_evicts_only_when_the_wait_ends(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "drop-lru")
+        # A put that waits without end evicts nothing while it waits (closed: refused, nothing lost).
+        parked = asyncio.ensure_future(q.put(impl.Task("m", 1), wait=None))
+        await settle()
+        assert q.waiting_for_room() == 1 and q.snapshot() == [first] and q.metrics().evicted == 0
+        # One whose wait runs out decides by the policy: it evicts then.
+        res = await q.put(impl.Task("m", 1, job_id="late"), wait=0.01)
+        assert res.accepted and res.evicted is not None and res.evicted.job_id == first
+        assert q.snapshot() == ["late"] and q.metrics().evicted == 1
+        q.close()
+        closed = await parked
+        assert closed.reason is RejectionReason.QUEUE_CLOSED
+        assert q.snapshot() == ["late"] and q.metrics().evicted == 1
+
+    run(main())
+
+
+def test_put_sees_room_made_behind_its_back_when_its_wait_ends(impl: ModuleType, run: Run[Any]) -> None:
+    # Documented limitation: a dequeue on the wrapped Queue does not wake the put; its last
+    # attempt (when the wait ends) finds the room and admits without refusing.
+    async def main() -> None:
+        q, first = _full(impl, "reject-new")
+        putting = asyncio.ensure_future(q.put(impl.Task("m", 1, job_id="mine"), wait=0.1))
+        await asyncio.sleep(0)  # the put tries, is refused and parks
+        assert q.waiting_for_room() == 1
+        assert q.queue.dequeue().job_id == first  # type: ignore[union-attr]
+        assert q.waiting_for_room() == 1  # not woken
+        res = await putting
+        assert res.accepted and q.snapshot() == ["mine"]
+        assert sum(q.metrics().rejected.values()) == 0
+
+    run(main())
+
+
+def test_put_waits_for_token_room(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q = make(impl, capacity=10, max_queued_tokens=10)
+        big = q.enqueue(impl.Task("m", 8)).job_id
+        putting = asyncio.ensure_future(q.put(impl.Task("m", 5, job_id="mine")))
+        await settle()
+        assert q.waiting_for_room() == 1 and q.snapshot() == [big]
+        assert (await q.dequeue()).job_id == big  # type: ignore[union-attr]
+        res = await putting
+        assert res.accepted and q.metrics().queued_tokens == 5
+        assert sum(q.metrics().rejected.values()) == 0
+        evicting = make(impl, capacity=10, policy="drop-lru", max_queued_tokens=10)
+        big = evicting.enqueue(impl.Task("m", 8)).job_id
+        res = await evicting.put(impl.Task("m", 5), wait=0.01)
+        assert res.accepted and res.evicted is not None and res.evicted.job_id == big
+
+    run(main())
+
+
+def test_put_waits_out_an_unmeetable_deadline(impl: ModuleType, clock: Any, run: Run[Any]) -> None:
+    async def main() -> None:
+        q = make(impl, capacity=10, clock=clock, admit_only_feasible=True)
+        for _ in range(4):
+            q.enqueue(impl.Task("m", 1))
+        assert q.dequeue_nowait() is not None
+        clock.advance(1.0)  # a measured rate: 1000 ms per job, 3 ahead, deadline 1 ms
+        assert q.enqueue(impl.Task("m", 1, max_wait_ms=1)).reason is RejectionReason.DEADLINE_UNMEETABLE
+        putting = asyncio.ensure_future(q.put(impl.Task("m", 1, max_wait_ms=1, job_id="mine")))
+        await settle()
+        assert q.waiting_for_room() == 1 and "mine" not in q
+        assert len(await q.dequeue_many(3)) == 3  # nobody ahead: nothing to predict
+        res = await putting
+        assert res.accepted and res.position == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("from_thread", [False, True], ids=["loop", "thread"])
+def test_close_wakes_waiting_puts_with_queue_closed(impl: ModuleType, run: Run[Any], from_thread: bool) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "drop-lru")
+        puts = [asyncio.ensure_future(q.put(impl.Task("m", 1), wait=w)) for w in (None, GUARD, None)]
+        await settle()
+        assert q.waiting_for_room() == 3
+        if from_thread:
+            thread = threading.Thread(target=q.close)
+            thread.start()
+            results = await asyncio.gather(*puts)
+            thread.join()
+        else:
+            q.close()
+            results = await asyncio.gather(*puts)
+        assert [r.reason for r in results] == [RejectionReason.QUEUE_CLOSED] * 3
+        assert q.waiting_for_room() == 0 and q.snapshot() == [first] and q.metrics().evicted == 0
+        again = Stepped(q.put(impl.Task("m", 1), wait=None))
+        assert (await again).reason is RejectionReason.QUEUE_CLOSED and again.resumptions == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("policy", ["reject-new", "drop-lru"])
+def test_cancelled_put_admits_nothing_and_leaves_nothing(impl: ModuleType, run: Run[Any], policy: str) -> None:
+    async def main() -> None:
+        q, first = _full(impl, policy)
+        putting = asyncio.ensure_future(q.put(impl.Task("m", 1, job_id="mine"), wait=None))
+        await settle()
+        assert q.waiting_for_room() == 1
+        putting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await putting
+        assert q.waiting_for_room() == 0
+        with pytest.raises(asyncio.TimeoutError):  # cancelled by wait_for while parked
+            await asyncio.wait_for(q.put(impl.Task("m", 1, job_id="mine"), wait=GUARD), 0.01)
+        assert q.waiting_for_room() == 0
+        assert q.dequeue_nowait().job_id == first  # type: ignore[union-attr]
+        await settle()
+        assert "mine" not in q and q.depth() == 0
+        m = q.metrics()
+        assert (m.accepted, m.evicted, sum(m.rejected.values())) == (1, 0, 0)
+
+    run(main())
+
+
+def test_cancelled_woken_put_leaves_the_room_to_the_next(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "reject-new")
+        a = asyncio.ensure_future(q.put(impl.Task("m", 1, job_id="a")))
+        await settle()
+        b = asyncio.ensure_future(q.put(impl.Task("m", 1, job_id="b")))
+        await settle()
+        assert q.waiting_for_room() == 2
+        assert q.dequeue_nowait().job_id == first  # type: ignore[union-attr]  # wakes both...
+        a.cancel()  # ...and the first is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        res = await b
+        assert res.accepted and q.snapshot() == ["b"] and q.waiting_for_room() == 0
+
+    run(main())
+
+
+def test_waiting_puts_are_admitted_in_arrival_order(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "reject-new")
+        puts = []
+        for i in range(5):
+            puts.append(asyncio.ensure_future(q.put(impl.Task("m", 1, job_id=f"p{i}"))))
+            await settle(2)
+        assert q.waiting_for_room() == 5
+        order = []
+        for _ in range(6):
+            order.append(q.dequeue_nowait().job_id)  # type: ignore[union-attr]
+            await settle(4)
+        assert order == [first, "p0", "p1", "p2", "p3", "p4"]
+        assert all(r.accepted for r in await asyncio.gather(*puts))
+
+    run(main())
+
+
+def test_put_wait_zero_is_enqueue(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "reject-new")
+        refusing = Stepped(q.put(impl.Task("m", 1), wait=0))
+        assert (await refusing).reason is RejectionReason.QUEUE_FULL and refusing.resumptions == 1
+        d, first = _full(impl, "drop-lru")
+        evicting = Stepped(d.put(impl.Task("m", 1), wait=0.0))
+        res = await evicting
+        assert res.evicted.job_id == first and evicting.resumptions == 1
+
+    run(main())
+
+
+def test_put_gets_a_non_retriable_refusal_at_once(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q, first = _full(impl, "drop-lru")
+        dup = Stepped(q.put(impl.Task("m", 1, job_id=first), wait=None))  # full, and a duplicate
+        assert (await dup).reason is RejectionReason.INVALID_REQUEST and dup.resumptions == 1
+        roomy = make(impl, capacity=5, max_tokens_limit=10, max_queued_per_tenant=1)
+        over = Stepped(roomy.put(impl.Task("m", 11), wait=None))
+        assert (await over).reason is RejectionReason.POLICY_VIOLATION and over.resumptions == 1
+        assert roomy.enqueue(impl.Task("m", 1, tenant="acme")).accepted
+        capped = Stepped(roomy.put(impl.Task("m", 1, tenant="acme"), wait=None))
+        assert (await capped).reason is RejectionReason.POLICY_VIOLATION and capped.resumptions == 1
+        assert q.waiting_for_room() == 0 and roomy.waiting_for_room() == 0
+
+    run(main())
+
+
+def test_put_bad_arguments_raise_naming_the_parameter(impl: ModuleType, run: Run[Any]) -> None:
+    async def main() -> None:
+        q = make(impl)
+        with pytest.raises(ValueError, match=r"wait must be >= 0 seconds or None, got -1\b"):
+            await q.put(impl.Task("m", 1), wait=-1)
+        with pytest.raises(ValueError, match="wait must be >= 0 seconds or None, got nan"):
+            await q.put(impl.Task("m", 1), wait=float("nan"))
+        with pytest.raises(TypeError, match="wait must be a number of seconds or None, got '1'"):
+            await q.put(impl.Task("m", 1), wait="1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="task must be a Task, got 'nope' \\(str\\)"):
+            await q.put("nope")  # type: ignore[arg-type]
+        assert q.depth() == 0 and q.waiting_for_room() == 0
+        assert sum(q.metrics().rejected.values()) == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_producers_and_consumers_lose_nothing(impl: ModuleType, run: Run[Any], seed: int) -> None:
+    rng = random.Random(seed)
+    n_producers, per_producer = 8, 25
+
+    async def main() -> None:
+        q = make(impl, capacity=3, policy=rng.choice(["reject-new", "drop-lru"]))
+        admitted: list[str] = []
+        received: list[str] = []
+
+        async def producer(p: int) -> None:
+            for i in range(per_producer):
+                res = await q.put(impl.Task("m", 1, job_id=f"{p}-{i}"), wait=None)
+                assert res.accepted and res.evicted is None  # no end to the wait: never evicts
+                admitted.append(res.job_id)
+                if rng.random() < 0.3:
+                    await asyncio.sleep(0)
+
+        async def consumer() -> None:
+            while True:
+                jobs = await q.dequeue_many(rng.choice([1, 2]))
+                if not jobs:
+                    return
+                received.extend(j.job_id for j in jobs)
+                if rng.random() < 0.5:
+                    await asyncio.sleep(0)
+
+        consumers = [asyncio.ensure_future(consumer()) for _ in range(3)]
+        await asyncio.gather(*(producer(p) for p in range(n_producers)))
+        while len(received) < n_producers * per_producer:
+            await asyncio.sleep(0)
+        q.close()
+        await asyncio.gather(*consumers)
+        assert sorted(received) == sorted(admitted) and len(set(received)) == n_producers * per_producer
+        assert q.waiting_for_room() == 0 and q.waiting() == 0
+        m = q.metrics()
+        assert (m.evicted, sum(m.rejected.values())) == (0, 0)
+        assert balanced(q)
+
+    run(main())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cancelled_puts_racing_a_consumer_thread_admit_nothing(impl: ModuleType, run: Run[Any], seed: int) -> None:
+    rng = random.Random(seed)
+
+    async def main() -> None:
+        q = make(impl, capacity=2)
+        received: list[str] = []
+        stop = threading.Event()
+
+        def consumer() -> None:
+            while not stop.is_set() or q.depth():
+                job = q.dequeue_nowait()
+                if job is not None:
+                    received.append(job.job_id)
+
+        outcomes: dict[str, bool] = {}  # job id -> its put returned Accepted
+
+        async def producer(job_id: str) -> None:
+            res = await q.put(impl.Task("m", 1, job_id=job_id), wait=None)
+            outcomes[job_id] = res.accepted
+
+        thread = threading.Thread(target=consumer)
+        thread.start()
+        tasks = {}
+        for i in range(200):
+            job_id = f"j{i}"
+            tasks[job_id] = asyncio.ensure_future(producer(job_id))
+            if rng.random() < 0.4:
+                await asyncio.sleep(0)
+            victim = rng.choice(list(tasks))
+            tasks[victim].cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        stop.set()
+        thread.join()
+        assert all(outcomes.values())
+        assert sorted(received) == sorted(outcomes)  # every admitted job taken once, no other
+        assert q.waiting_for_room() == 0 and balanced(q)
+
+    run(main())

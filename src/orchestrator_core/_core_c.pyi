@@ -249,6 +249,11 @@ class Queue:
         would refuse the task with a retriable reason (full, or its deadline unmeetable),
         without holding the lock, then decides by the policy (DROP_LRU evicts only then).
         """
+    def _try_admit(self, task: Task) -> Accepted | Rejected | None:
+        """One admission attempt as a waiting ``enqueue(task, wait=...)`` makes before its
+        last (for ``AsyncQueue.put``): Accepted (never evicts), a non-retriable Rejected
+        (counted), or None when the queue would refuse ``task`` with a retriable reason (full,
+        fail-fast ahead, deadline unmeetable): then nothing is counted, evicted or registered."""
     def dequeue(self, timeout: float | None = 0.0) -> Job | None:
         """The next job, or None: INTERACTIVE first; within a priority round robin over
         tenants, FIFO within a tenant. An overdue job is never handed out (it expires).

@@ -96,6 +96,9 @@ cdef extern from "pythread.h":
 
 cdef object _ZERO = 0.0
 
+# Queue._try_admit's waiter: a retriable refusal returns WAIT (None) but nothing is registered.
+cdef Waiter _PROBE
+
 
 cdef inline double _timeout_s(object timeout, str param) except? -2.0:
     """``check_timeout``, with the common cases (a float >= 0, None) done in C."""
@@ -1137,7 +1140,8 @@ cdef int _enqueue_general(State *s, Entry *e, Admit *a, Lane **lane_out) noexcep
         lane_out[0] = lane
         return OK
     if a.waiter != NULL and (code == FULL or code == FULL_TOKENS or code == AHEAD or code == UNMEETABLE):
-        _link_waiter(&s.room_first, &s.room_last, a.waiter)
+        if a.waiter != &_PROBE:
+            _link_waiter(&s.room_first, &s.room_last, a.waiter)
         return WAIT
     s.st.rejected[_reason_index(code)] += 1
     if code == FULL or code == FULL_TOKENS or code == AHEAD:
@@ -1699,6 +1703,15 @@ cdef class Queue:
         if not (wait is _ZERO or ((type(wait) is float or type(wait) is int) and wait == 0)):
             return self._enqueue_waiting(<Task>task, _timeout_s(wait, "wait"))
         return _attempt(self, <Task>task, NULL)
+
+    def _try_admit(self, task):
+        """One admission attempt as a waiting ``enqueue(task, wait=...)`` makes before its
+        last (for ``AsyncQueue.put``): Accepted (never evicts), a non-retriable Rejected
+        (counted), or None when the queue would refuse ``task`` with a retriable reason (full,
+        fail-fast ahead, deadline unmeetable): then nothing is counted, evicted or registered."""
+        if type(task) is not Task:
+            raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
+        return _attempt(self, <Task>task, &_PROBE)
 
     cdef object _enqueue_waiting(self, Task t, double timeout):
         cdef double deadline = _mono() + timeout if timeout > 0 else 0.0

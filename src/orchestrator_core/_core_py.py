@@ -123,6 +123,7 @@ _RETRY: Final = 12  # a spare tenant / deadline record was missing: make one, tr
 # (Sets made once: a tuple display of names would be a new tuple under the lock.)
 _FULL_CODES: Final = frozenset((_FULL, _FULL_TOKENS, _AHEAD))  # refusals that get an adaptive retry-after
 _WAIT_CODES: Final = _FULL_CODES | {_UNMEETABLE}  # refusals a producer may wait out (enqueue(wait=...))
+_PROBE: Final = object()  # _attempt's waiter for _try_admit: a retriable refusal returns None, nothing registered
 
 _MIN_RING: Final = 8
 _COMPACT_SLACK: Final = 32
@@ -1536,6 +1537,15 @@ class Queue:
                     finally:
                         self._busy = False
 
+    def _try_admit(self, task: Task) -> Accepted | Rejected | None:
+        """One admission attempt as a waiting ``enqueue(task, wait=...)`` makes before its
+        last (for ``AsyncQueue.put``): Accepted (never evicts), a non-retriable Rejected
+        (counted), or None when the queue would refuse ``task`` with a retriable reason (full,
+        fail-fast ahead, deadline unmeetable): then nothing is counted, evicted or registered."""
+        if type(task) is not Task:
+            raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
+        return self._attempt(task, _PROBE)
+
     def _attempt(self, task: Task, waiter: Any, now0: float | None = None) -> Accepted | Rejected | None:
         """One admission attempt (at ``now0`` if given). With a ``waiter`` a retriable refusal
         registers it as a room waiter and returns None instead, and DROP_LRU does not evict."""
@@ -1748,8 +1758,9 @@ class Queue:
                             self._waiters.popleft().release()
                     elif code != _RETRY:
                         if waiter is not None and code in _WAIT_CODES:
-                            self._room_waiters.append(waiter)
-                            self._fancy = True
+                            if waiter is not _PROBE:
+                                self._room_waiters.append(waiter)
+                                self._fancy = True
                             code = _WAIT
                         else:
                             self._rejected[_CODE_REASON[code]] += 1

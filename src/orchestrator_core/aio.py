@@ -17,13 +17,24 @@ that is cancelled after being woken takes nothing and passes its wake-up on to t
 waiter: no job is ever lost to a cancelled task. ``close()`` wakes every waiter; they
 return the jobs still queued, then ``None`` (``[]`` for ``dequeue_many``).
 
-Producers should enqueue through the ``AsyncQueue`` (from any thread): a job enqueued on
-the wrapped ``Queue`` directly is only seen by a waiter at its next wake-up. ``wrap``
-returns the same ``AsyncQueue`` for the same ``Queue``, so every part of a program that
-wraps one queue shares one set of waiters. Everything else (``cancel``, ``touch``,
-``position``, ``metrics``, ``snapshot``, ``drain``, ``depth``, ``len``, ...) is the
-wrapped queue's. Works on any asyncio event loop, uvloop included; waiters may sit on
-several loops at once.
+``await q.put(task, wait=0.25)`` is the admission wait of ``Queue.enqueue(task, wait=...)``
+without blocking the loop: when the queue would refuse the task with a retriable reason
+(full, or its deadline unmeetable) the producer parks a future in a second set of waiters,
+woken (all of them, each tries again, as in the engine) when this ``AsyncQueue`` makes room:
+a ``dequeue``, ``dequeue_many``, ``cancel``, ``drain`` or ``take_expired`` that frees a place,
+or ``close()`` (the producers then get ``QUEUE_CLOSED``). When the wait ends the policy
+decides (``DROP_LRU`` evicts only then).
+
+Producers should enqueue and consumers take through the ``AsyncQueue`` (from any thread):
+a job enqueued on the wrapped ``Queue`` directly is only seen by a ``dequeue`` waiter at its
+next wake-up, and room made on the wrapped ``Queue`` directly (its own ``dequeue``,
+``cancel`` or ``drain``; jobs expiring, until ``take_expired`` hands them over) is only seen
+by a ``put`` at its next wake-up or when its wait ends. ``wrap`` returns the same
+``AsyncQueue`` for the same ``Queue``, so every part of a program that wraps one queue
+shares one set of waiters. Everything else (``cancel``, ``touch``, ``position``,
+``eta_ms``, ``take_expired``, ``metrics``, ``snapshot``, ``drain``, ``depth``, ``len``, ...)
+is the wrapped queue's (``cancel``, ``drain`` and ``take_expired`` also wake ``put``). Works
+on any asyncio event loop, uvloop included; waiters may sit on several loops at once.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from types import ModuleType
 from typing import TypeVar
 
 from . import Accepted, Job, Queue, Rejected, Task
@@ -51,19 +63,20 @@ _get_running_loop = asyncio.events._get_running_loop
 _T = TypeVar("_T")
 
 
-def _queue_types() -> tuple[type, ...]:
+def _engine_modules() -> tuple[ModuleType, ...]:
     from . import _core_py
 
-    types: list[type] = [_core_py.Queue]
+    modules: list[ModuleType] = [_core_py]
     if _engine is not _core_py:
-        types.append(_engine.Queue)
+        modules.append(_engine)
     else:
         with contextlib.suppress(ImportError):
-            types.append(importlib.import_module("orchestrator_core._core_c").Queue)
-    return tuple(types)
+            modules.append(importlib.import_module("orchestrator_core._core_c"))
+    return tuple(modules)
 
 
-_QUEUE_TYPES = _queue_types()
+_ENGINES = _engine_modules()
+_QUEUE_TYPES: tuple[type, ...] = tuple(m.Queue for m in _ENGINES)
 
 
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
@@ -71,20 +84,41 @@ def _set_if_pending(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _wake_futures(woken: list[asyncio.Future[None]]) -> int:
+    """Resolve ``woken`` (on their loops); returns how many sit on closed loops."""
+    running = _get_running_loop()
+    lost = 0
+    for fut in woken:
+        loop = fut.get_loop()
+        if loop is running:
+            _set_if_pending(fut)
+        else:
+            try:
+                loop.call_soon_threadsafe(_set_if_pending, fut)
+            except RuntimeError:  # its loop is closed: nobody will run that waiter
+                lost += 1
+    return lost
+
+
 class AsyncQueue:
-    """An admission queue with awaitable ``dequeue`` / ``dequeue_many``.
+    """An admission queue with awaitable ``dequeue`` / ``dequeue_many`` / ``put``.
 
     ``AsyncQueue(capacity, policy=AdmissionPolicy.REJECT_NEW, *, pool_id="default",
-    clock=None, max_tokens_limit=None, id_prefix=None)`` makes a new ``Queue`` with these
-    arguments; ``AsyncQueue.wrap(queue)`` puts an existing one (of either engine) behind
-    the asyncio face. ``enqueue`` is thread-safe and wakes waiters on any loop.
+    clock=None, max_tokens_limit=None, id_prefix=None, max_wait_ms=None,
+    admit_only_feasible=False, max_queued_per_tenant=None, max_queued_tokens=None)`` makes a
+    new ``Queue`` with these arguments; ``AsyncQueue.wrap(queue)`` puts an existing one (of
+    either engine) behind the asyncio face. ``enqueue`` is thread-safe and wakes waiters on
+    any loop.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_queue", "_waiters")
+    __slots__ = ("__weakref__", "_lock", "_probe", "_queue", "_rooms", "_task_type", "_waiters")
 
     _queue: Queue
     _lock: threading.Lock
     _waiters: OrderedDict[asyncio.Future[None], None]
+    _rooms: dict[asyncio.Future[None], None]
+    _task_type: type
+    _probe: Callable[[Task], Accepted | Rejected | None]
 
     def __init__(
         self,
@@ -95,6 +129,10 @@ class AsyncQueue:
         clock: Callable[[], float] | None = None,
         max_tokens_limit: int | None = None,
         id_prefix: str | None = None,
+        max_wait_ms: float | None = None,
+        admit_only_feasible: bool = False,
+        max_queued_per_tenant: int | None = None,
+        max_queued_tokens: int | None = None,
     ) -> None:
         queue = Queue(
             capacity,
@@ -103,6 +141,10 @@ class AsyncQueue:
             clock=clock,
             max_tokens_limit=max_tokens_limit,
             id_prefix=id_prefix,
+            max_wait_ms=max_wait_ms,
+            admit_only_feasible=admit_only_feasible,
+            max_queued_per_tenant=max_queued_per_tenant,
+            max_queued_tokens=max_queued_tokens,
         )
         self._attach(queue)
         with _REGISTRY_LOCK:
@@ -112,6 +154,10 @@ class AsyncQueue:
         self._queue = queue
         self._lock = threading.Lock()
         self._waiters = OrderedDict()
+        self._rooms = {}
+        self._task_type = next(m.Task for m in _ENGINES if isinstance(queue, m.Queue))
+        # The engine's intermediate admission attempt (never evicts, counts or registers).
+        self._probe = queue._try_admit
 
     @classmethod
     def wrap(cls, queue: Queue) -> AsyncQueue:
@@ -147,6 +193,66 @@ class AsyncQueue:
             self._wake_one()
         return res
 
+    async def put(self, task: Task, wait: float | None = None) -> Accepted | Rejected:
+        """Admit ``task``, waiting for room without blocking the event loop; thread-safe.
+
+        ``Queue.enqueue(task, wait=...)`` for asyncio: when the queue would refuse the task
+        with a retriable reason (full, or its deadline unmeetable) the calling task waits,
+        ``wait`` seconds at most (``None``, the default: until room or close; ``0``: not at
+        all, like ``enqueue``), to be woken when a ``dequeue``, ``dequeue_many``, ``cancel``,
+        ``drain`` or ``take_expired`` through this ``AsyncQueue`` makes room, then tries
+        again. When the wait ends the policy decides: ``Rejected`` (``QUEUE_FULL``, ...), or
+        under ``DROP_LRU`` admission by eviction (only then). ``close()`` wakes it with
+        ``QUEUE_CLOSED``; a non-retriable refusal comes at once. Returns ``Accepted`` or
+        ``Rejected``; cancelling the awaiting task admits nothing and leaves nothing behind.
+        """
+        if type(task) is not self._task_type:
+            raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
+        wait_s = check_timeout(wait, "wait")
+        if wait_s == 0:
+            return self.enqueue(task)
+        loop = asyncio.get_running_loop()
+        deadline = None if wait_s < 0 or math.isinf(wait_s) else loop.time() + wait_s
+        rooms = self._rooms
+        while True:
+            if deadline is not None and loop.time() >= deadline:
+                return self.enqueue(task)  # the last attempt decides by the policy
+            fut: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                rooms[fut] = None
+            # Registered first, then tried: room made after this attempt wakes us. (Not tried
+            # once before registering: that would be two attempts for one refusal.)
+            try:
+                res = self._probe(task)
+            except BaseException:
+                with self._lock:
+                    rooms.pop(fut, None)
+                raise
+            if res is not None:
+                with self._lock:
+                    rooms.pop(fut, None)
+                if res.accepted and self._waiters:
+                    self._wake_one()
+                return res
+            timer = None if deadline is None else loop.call_at(deadline, _set_if_pending, fut)
+            try:
+                await fut
+            finally:
+                # Woken or not, cancelled or not: leave nothing registered. Every waiter is
+                # woken at once, so a cancelled one holds no wake-up another needs.
+                if timer is not None:
+                    timer.cancel()
+                with self._lock:
+                    rooms.pop(fut, None)
+
+    def _room_made(self) -> None:
+        """Called after a call that may have freed places: every ``put`` waiting tries again."""
+        if self._rooms:
+            with self._lock:
+                woken = list(self._rooms)
+                self._rooms.clear()
+            _wake_futures(woken)
+
     # -- waiting ----------------------------------------------------------------------
     # A waiter is the future its task awaits, kept in ``_waiters`` (insertion order = FIFO)
     # until ``_wake`` pops it. So, under ``_lock``, "still in ``_waiters``" means "not woken".
@@ -174,17 +280,7 @@ class AsyncQueue:
             waiters = self._waiters
             while waiters and (n < 0 or len(woken) < n):
                 woken.append(waiters.popitem(last=False)[0])
-        running = _get_running_loop()
-        lost = 0
-        for fut in woken:
-            loop = fut.get_loop()
-            if loop is running:
-                _set_if_pending(fut)
-            else:
-                try:
-                    loop.call_soon_threadsafe(_set_if_pending, fut)
-                except RuntimeError:  # its loop is closed: nobody will run that waiter
-                    lost += 1
+        lost = _wake_futures(woken)
         if lost and n >= 0:
             self._wake(lost)
 
@@ -218,6 +314,7 @@ class AsyncQueue:
                     waiters.move_to_end(fut, last=False)
             # Registered first, then looked: an enqueue accepted after this look finds us.
             got = grab()
+            self._room_made()  # it took jobs, or found the queue empty: either way there is room
             if got or q.closed or (deadline is not None and loop.time() >= deadline):
                 with self._lock:
                     woken = waiters.pop(fut, True) is True or woken
@@ -240,6 +337,7 @@ class AsyncQueue:
                 woken = waiters.pop(fut, True) is True or woken  # still there: timed out
             # Look before registering again: after a wake-up there is usually a job.
             got = grab()
+            self._room_made()
             if got or q.closed or (deadline is not None and loop.time() >= deadline):
                 if woken:
                     self._pass_on()
@@ -255,6 +353,7 @@ class AsyncQueue:
         wait_s = -1.0 if timeout is None else check_timeout(timeout)
         q = self._queue
         job = q.dequeue()
+        self._room_made()
         if job is not None or wait_s == 0:
             return job
         return await self._take(q.dequeue, wait_s)
@@ -265,17 +364,22 @@ class AsyncQueue:
         wait_s = -1.0 if timeout is None else check_timeout(timeout)
         q = self._queue
         jobs = q.dequeue_many(n)
+        self._room_made()
         if jobs or wait_s == 0:
             return jobs
         return await self._take(functools.partial(q.dequeue_many, n), wait_s)
 
     def dequeue_nowait(self) -> Job | None:
         """The next job or None, without waiting (``Queue.dequeue()``)."""
-        return self._queue.dequeue()
+        job = self._queue.dequeue()
+        self._room_made()
+        return job
 
     def dequeue_many_nowait(self, max_jobs: int) -> list[Job]:
         """Up to ``max_jobs`` jobs without waiting (``Queue.dequeue_many(max_jobs)``)."""
-        return self._queue.dequeue_many(max_jobs)
+        jobs = self._queue.dequeue_many(max_jobs)
+        self._room_made()
+        return jobs
 
     def __aiter__(self) -> AsyncQueue:
         return self
@@ -291,18 +395,41 @@ class AsyncQueue:
         """How many ``dequeue`` / ``dequeue_many`` calls are parked waiting for a wake-up now."""
         return len(self._waiters)
 
+    def waiting_for_room(self) -> int:
+        """How many ``put`` calls are parked waiting for room now."""
+        return len(self._rooms)
+
     def close(self) -> None:
         """Refuse further enqueues (``QUEUE_CLOSED``) and wake every waiter. Idempotent.
 
-        Woken waiters take the jobs still queued; the rest return None (or ``[]``).
+        Woken consumers take the jobs still queued, the rest return None (or ``[]``); waiting
+        ``put`` calls return ``Rejected(QUEUE_CLOSED)``.
         """
         self._queue.close()
         self._wake(-1)
+        self._room_made()
 
     # -- delegated to the Queue -------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
-        """Remove a queued job; False if it is not queued (``Queue.cancel``)."""
-        return self._queue.cancel(job_id)
+        """Remove a queued job; False if it is not queued (``Queue.cancel``). Wakes ``put``."""
+        if self._queue.cancel(job_id):
+            self._room_made()
+            return True
+        return False
+
+    def take_expired(self) -> list[Job]:
+        """The jobs that expired since the last call, earliest deadline first (``Queue.take_expired``).
+
+        Expired jobs have already left the queue; if there are any, waiting ``put`` calls try again.
+        """
+        jobs = self._queue.take_expired()
+        if jobs:
+            self._room_made()
+        return jobs
+
+    def eta_ms(self, job_id: str) -> float | None:
+        """Advisory milliseconds until the jobs ahead of this one drain, or None (``Queue.eta_ms``)."""
+        return self._queue.eta_ms(job_id)
 
     def touch(self, job_id: str) -> bool:
         """Mark a queued job as just used (``Queue.touch``)."""
@@ -328,8 +455,11 @@ class AsyncQueue:
         return self._queue.metrics()
 
     def drain(self) -> list[Job]:
-        """Remove and return every queued job (``Queue.drain``); waiters keep waiting."""
-        return self._queue.drain()
+        """Remove and return every queued job (``Queue.drain``); consumers keep waiting, ``put`` retries."""
+        jobs = self._queue.drain()
+        if jobs:
+            self._room_made()
+        return jobs
 
     def depth(self) -> int:
         """Jobs queued now."""
@@ -362,8 +492,28 @@ class AsyncQueue:
         """True once the queue is closed."""
         return self._queue.closed
 
+    @property
+    def max_wait_ms(self) -> float | None:
+        """The deadline of tasks that set none (None: no default deadline)."""
+        return self._queue.max_wait_ms
+
+    @property
+    def admit_only_feasible(self) -> bool:
+        """True when a task whose predicted wait exceeds its deadline is refused."""
+        return self._queue.admit_only_feasible
+
+    @property
+    def max_queued_per_tenant(self) -> int | None:
+        """The most jobs one named tenant may have queued (None: no cap)."""
+        return self._queue.max_queued_per_tenant
+
+    @property
+    def max_queued_tokens(self) -> int | None:
+        """The bound on the queued jobs' tokens (None: count only)."""
+        return self._queue.max_queued_tokens
+
     def __repr__(self) -> str:
-        return f"<AsyncQueue {self._queue!r} waiting={len(self._waiters)}>"
+        return f"<AsyncQueue {self._queue!r} waiting={len(self._waiters)} waiting_for_room={len(self._rooms)}>"
 
 
 # id(queue) -> its AsyncQueue. Keyed by id, not by the queue, because the AsyncQueue holds
