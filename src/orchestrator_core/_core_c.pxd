@@ -130,6 +130,7 @@ cdef struct State:
     uint64_t next_id
     Entry **table           # open addressing, linear probing, backward-shift deletion
     uint64_t tmask
+    uint64_t tfloor         # the table never shrinks below this many slots
     int64_t tcount
     Waiter *wait_first      # consumers waiting for a job
     Waiter *room_first      # producers waiting for room (enqueue(wait=...))

@@ -141,9 +141,10 @@ cdef enum:
     MIN_RING = 8
     COMPACT_SLACK = 32
     MIN_TABLE = 16
-    # The job-id table never shrinks below this many slots (8 KiB): a queue that fills and
-    # empties over and over (the common case) would otherwise rebuild it on every cycle.
-    TABLE_SHRINK_FLOOR = 1024
+    # The job-id table never shrinks below the size it has with the queue full, up to this
+    # many slots (64 KiB): a queue that fills and empties over and over (the common case)
+    # would otherwise rebuild it on every cycle.
+    TABLE_FLOOR_MAX = 8192
     MIN_TENANT_TABLE = 8
     TENANT_FREELIST = 16
 
@@ -543,7 +544,7 @@ cdef inline void _table_delete_slot(State *s, uint64_t i) noexcept nogil:
             i = j
     t[i] = NULL
     s.tcount -= 1
-    if s.tcount * 8 < <int64_t>(mask + 1) and mask + 1 > TABLE_SHRINK_FLOOR:
+    if s.tcount * 8 < <int64_t>(mask + 1) and mask + 1 > s.tfloor:
         _table_resize(s, (mask + 1) // 2)  # on failure the table just stays larger
 
 
@@ -1490,6 +1491,9 @@ cdef class Queue:
             max_wait_ms, admit_only_feasible, max_queued_per_tenant, max_queued_tokens
         )
         self.s.capacity = cap
+        self.s.tfloor = MIN_TABLE
+        while self.s.tfloor < TABLE_FLOOR_MAX and <int64_t>self.s.tfloor < (cap + 1) * 2:
+            self.s.tfloor *= 2
         self._policy = pol
         self.s.policy = _POLICIES.index(pol)
         self._pool_id = pool
@@ -1722,11 +1726,19 @@ cdef class Queue:
         return _attempt(self, <Task>task, &_PROBE)
 
     cdef object _enqueue_waiting(self, Task t, double timeout):
-        cdef double deadline = _mono() + timeout if timeout > 0 else 0.0
+        cdef double deadline = 0.0
         cdef double remaining
         cdef Waiter w
         cdef PyLockStatus r
         cdef long long us
+        if timeout != 0:
+            # First without a wake-up lock or a deadline: with room (the usual case) this
+            # admits at once; a retriable refusal counts, evicts and registers nothing.
+            res = _attempt(self, t, &_PROBE)
+            if res is not None:
+                return res
+            if timeout > 0:
+                deadline = _mono() + timeout
         while True:
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # the last attempt decides by the policy

@@ -1509,7 +1509,15 @@ class Queue:
         return res
 
     def _enqueue_waiting(self, task: Task, timeout: float) -> Accepted | Rejected:
-        deadline = _mono() + timeout if timeout > 0 else 0.0
+        deadline = 0.0
+        if timeout != 0:
+            # First without a wake-up lock or a deadline: with room (the usual case) this
+            # admits at once; a retriable refusal counts, evicts and registers nothing.
+            res = self._attempt(task, _PROBE)
+            if res is not None:
+                return res
+            if timeout > 0:
+                deadline = _mono() + timeout
         while True:
             if timeout > 0 and _mono() >= deadline:
                 timeout = 0.0  # the last attempt decides by the policy
