@@ -110,6 +110,8 @@ cdef inline double _timeout_s(object timeout, str param) except? -2.0:
     elif timeout is None:
         return -1.0
     return _check_timeout(timeout, param)
+
+
 cdef object _INTERACTIVE = Priority.INTERACTIVE
 cdef object _BATCH = Priority.BATCH
 cdef tuple _PRIORITIES = (_INTERACTIVE, _BATCH)
