@@ -392,6 +392,26 @@ def test_unencodable_payload_is_refused_and_nothing_is_enqueued(
     assert q.enqueue(Task("m", 1)).job_id == "q-1"  # no id was used up either
 
 
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"tenant": "acme"}, "tenant is not supported by the Redis backend .*got tenant='acme'"),
+        ({"max_wait_ms": 250}, "max_wait_ms is not supported by the Redis backend .*got max_wait_ms=250"),
+        ({"prompt_tokens": 900}, "prompt_tokens is not supported by the Redis backend .*got prompt_tokens=900"),
+    ],
+)
+def test_in_process_only_task_fields_are_refused_and_nothing_is_enqueued(
+    make_rq: Callable[..., RedisQueue], kw: dict[str, Any], match: str
+) -> None:
+    """A deadline, tenant or prompt-token count would be lost on the way to Redis: a clear error instead."""
+    q = make_rq(5)
+    with pytest.raises(ValueError, match=match):
+        q.enqueue(Task("m", 1, **kw))
+    with pytest.raises(ValueError, match=match):
+        q.enqueue_many([Task("m", 1), Task("m", 2, **kw)])
+    assert q.depth() == 0 and q.metrics().accepted == 0
+
+
 def test_job_ids_are_unique_across_instances_with_one_counter(client: Any) -> None:
     name = unique_name()
     a = RedisQueue(client, name, 100, id_prefix="a")

@@ -765,16 +765,30 @@ class DeadLetter:
     dead_at_ms: int
 
 
+#: Task fields the Redis backend does not carry (issue-10 features of the in-process Queue).
+_IN_PROCESS_ONLY = ("tenant", "max_wait_ms", "prompt_tokens")
+
+
 def encode_task(task: Any) -> str:
     """Encode a ``Task`` in the wire format (JSON, version ``WIRE_VERSION``).
 
     ``{"v": 1, "model": str, "max_tokens": int, "session_id": str|null,
     "priority": "interactive"|"batch", "job_id": str|null, "payload": <JSON value>}``,
     ASCII only. Raises ``TypeError`` (or ``ValueError`` for NaN, infinities and circular
-    references) naming ``payload`` when the payload cannot be encoded.
+    references) naming ``payload`` when the payload cannot be encoded, and ``ValueError``
+    naming the field for a task with a ``tenant``, ``max_wait_ms`` or ``prompt_tokens``,
+    which this backend does not support.
     """
     if not _is_task(task):
         raise TypeError(f"task must be a Task, got {task!r} ({type(task).__name__})")
+    for field in _IN_PROCESS_ONLY:
+        value = getattr(task, field)
+        if value is not None:
+            # Dropping it would silently lose the deadline, the fairness or the token count.
+            raise ValueError(
+                f"{field} is not supported by the Redis backend (deadlines, tenants and token "
+                f"budgets are the in-process Queue's), got {field}={value!r}"
+            )
     job_id = task.job_id
     if job_id is not None:
         try:
