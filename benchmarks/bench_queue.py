@@ -109,9 +109,8 @@ def _finish(benchmark: BenchmarkFixture) -> None:
 # enqueue + dequeue pair
 
 
-@pytest.mark.parametrize("impl", _params(ENGINES + PEERS))
-def test_pair(benchmark: BenchmarkFixture, impl: str) -> None:
-    """One enqueue and one dequeue of a prebuilt item, on an empty queue."""
+def _pairs(impl: str) -> Callable[[], None]:
+    """``OPS`` pairs: one enqueue and one dequeue of a prebuilt item, on an empty queue."""
     put, get, item = _queue(impl, CAPACITY)
 
     def pairs() -> None:
@@ -119,6 +118,13 @@ def test_pair(benchmark: BenchmarkFixture, impl: str) -> None:
             put(item)
             get()
 
+    return pairs
+
+
+@pytest.mark.parametrize("impl", _params(ENGINES + PEERS))
+def test_pair(benchmark: BenchmarkFixture, impl: str) -> None:
+    """One enqueue and one dequeue of a prebuilt item, on an empty queue."""
+    pairs = _pairs(impl)
     benchmark.group = "pair"
     _record(benchmark, impl, OPS)
     benchmark(pairs)
@@ -201,6 +207,16 @@ def test_drop_lru_at_capacity(benchmark: BenchmarkFixture, impl: str) -> None:
     One evicting enqueue does the work of a pair (one job in, one job out, an ``evicted`` Job made), so the
     target compares it with the ``pair`` group.
     """
+    q, task, evicting_enqueues = _evicting_enqueues(impl)
+    benchmark.group = "drop-lru"
+    _record(benchmark, impl, OPS, capacity=CAPACITY)
+    benchmark(evicting_enqueues)
+    _finish(benchmark)
+    _check_evicting(q, task)
+
+
+def _evicting_enqueues(impl: str) -> tuple[Any, Any, Callable[[], None]]:
+    """A full DROP_LRU queue and ``OPS`` enqueues into it (each evicts)."""
     mod = _engine(impl)
     q = mod.Queue(CAPACITY, "drop-lru")
     task = mod.Task(MODEL, MAX_TOKENS, SESSION, priority="batch")
@@ -212,10 +228,11 @@ def test_drop_lru_at_capacity(benchmark: BenchmarkFixture, impl: str) -> None:
         for _ in repeat(None, OPS):
             put(task)
 
-    benchmark.group = "drop-lru"
-    _record(benchmark, impl, OPS, capacity=CAPACITY)
-    benchmark(evicting_enqueues)
-    _finish(benchmark)
+    return q, task, evicting_enqueues
+
+
+def _check_evicting(q: Any, task: Any) -> None:
+    """The queue is still full and an enqueue still evicts."""
     res = q.enqueue(task)
     assert res.accepted and res.evicted is not None and q.depth() == CAPACITY
 
@@ -235,10 +252,8 @@ def _deep_queue(impl: str, depth: int) -> tuple[Any, list[tuple[str, Any]]]:
     return q, [(t.job_id, t) for t in picks]
 
 
-@pytest.mark.parametrize("depth", [100, 100_000])
-@pytest.mark.parametrize("impl", _params(ENGINES))
-def test_cancel(benchmark: BenchmarkFixture, impl: str, depth: int) -> None:
-    """``cancel`` of a random queued job at depth D, then its re-enqueue (keeps the depth at D)."""
+def _cancels(impl: str, depth: int) -> tuple[Any, Callable[[], None]]:
+    """A queue at ``depth`` and ``OPS`` cancels of random queued jobs, each re-enqueued (depth stays D)."""
     q, picks = _deep_queue(impl, depth)
     cancel, put = q.cancel, q.enqueue
 
@@ -247,6 +262,27 @@ def test_cancel(benchmark: BenchmarkFixture, impl: str, depth: int) -> None:
             cancel(job_id)
             put(task)
 
+    return q, cancels
+
+
+def _positions(impl: str, depth: int) -> tuple[Any, Callable[[], None]]:
+    """A queue at ``depth`` and ``OPS`` positions of random queued jobs."""
+    q, picks = _deep_queue(impl, depth)
+    ids = [job_id for job_id, _ in picks]
+    position = q.position
+
+    def positions() -> None:
+        for job_id in ids:
+            position(job_id)
+
+    return q, positions
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+@pytest.mark.parametrize("impl", _params(ENGINES))
+def test_cancel(benchmark: BenchmarkFixture, impl: str, depth: int) -> None:
+    """``cancel`` of a random queued job at depth D, then its re-enqueue (keeps the depth at D)."""
+    q, cancels = _cancels(impl, depth)
     benchmark.group = f"cancel-{depth}"
     _record(benchmark, impl, OPS, depth=depth)
     benchmark(cancels)
@@ -258,19 +294,54 @@ def test_cancel(benchmark: BenchmarkFixture, impl: str, depth: int) -> None:
 @pytest.mark.parametrize("impl", _params(ENGINES))
 def test_position(benchmark: BenchmarkFixture, impl: str, depth: int) -> None:
     """``position`` of a random queued job at depth D."""
-    q, picks = _deep_queue(impl, depth)
-    ids = [job_id for job_id, _ in picks]
-    position = q.position
-
-    def positions() -> None:
-        for job_id in ids:
-            position(job_id)
-
+    q, positions = _positions(impl, depth)
     benchmark.group = f"position-{depth}"
     _record(benchmark, impl, OPS, depth=depth)
     benchmark(positions)
     _finish(benchmark)
     assert q.position("job-0") == 0
+
+
+# ---------------------------------------------------------------------------------------
+# The ratio targets, interleaved (see ``Interleave`` in conftest.py): the compared workloads alternate
+# round by round, so that both meet the same states of the host.
+
+
+@pytest.mark.parametrize("impl", [pytest.param("interleaved", id="interleaved")])
+def test_interleaved_pair(benchmark: BenchmarkFixture, interleave: Any, impl: str) -> None:
+    """The pair on the compiled engine, the pure engine, ``queue.Queue`` and ``deque``, interleaved."""
+    names = (["c"] if core_c is not None else []) + ["py", "queue.Queue", "deque"]
+    benchmark.group = "interleaved-pair"
+    _record(benchmark, impl, OPS)
+    interleave(benchmark, {name: interleave.timed(_pairs(name)) for name in names}, dict.fromkeys(names, OPS))
+
+
+@pytest.mark.parametrize("impl", _params(ENGINES))
+def test_interleaved_drop_lru(benchmark: BenchmarkFixture, interleave: Any, impl: str) -> None:
+    """An evicting enqueue at capacity (DROP_LRU) and the plain pair, interleaved."""
+    q, task, evicting_enqueues = _evicting_enqueues(impl)
+    benchmark.group = f"interleaved-drop-lru-{impl}"
+    _record(benchmark, impl, OPS)
+    workloads = {"pair": interleave.timed(_pairs(impl)), "drop-lru": interleave.timed(evicting_enqueues)}
+    interleave(benchmark, workloads, dict.fromkeys(workloads, OPS))
+    _check_evicting(q, task)
+
+
+@pytest.mark.parametrize("op", ["cancel", "position"])
+@pytest.mark.parametrize("impl", _params(ENGINES))
+def test_interleaved_depth(benchmark: BenchmarkFixture, interleave: Any, impl: str, op: str) -> None:
+    """``cancel`` (with its re-enqueue) or ``position`` of random queued jobs at depth 100 and 100,000,
+    interleaved."""
+    make = _cancels if op == "cancel" else _positions
+    queues, workloads = {}, {}
+    for depth in (100, 100_000):
+        queues[depth], fn = make(impl, depth)
+        workloads[str(depth)] = interleave.timed(fn)
+    benchmark.group = f"interleaved-{op}-{impl}"
+    _record(benchmark, impl, OPS)
+    interleave(benchmark, workloads, dict.fromkeys(workloads, OPS))
+    for depth, q in queues.items():
+        assert q.depth() == depth
 
 
 # ---------------------------------------------------------------------------------------
