@@ -7,12 +7,14 @@ Both scenarios measure the compiled engine twice, to settle the GIL question:
 either way) and ``[c-gil-released]`` releases it there too (``_core_c._set_release_gil(True)``). Beside them:
 ``[py]``, ``[queue.Queue]`` (``maxsize`` 1024) and ``[SimpleQueue]`` (unbounded: no bound to push back).
 
-* ``contended-NpNc``: N producers and N consumers move ``ITEMS`` items through capacity 1024; consumers
-  block with a timeout. Producers block while the queue is full: the engines' in
-  ``enqueue(task, wait=PRODUCER_WAIT_S)`` (the admission wait; a refusal after the wait is retried and
-  counted in ``extra_info["refusals_per_round"]``), ``queue.Queue``'s in ``put``. Every item is
-  checked received exactly once. A round moves all ``ITEMS`` (``extra_info["items_per_s"]`` is the median
-  throughput); rounds: ``--benchmark-min-rounds`` (default 5).
+* ``contended-NpNc``: N producers and N consumers move ``ITEMS`` prebuilt items through capacity 1024
+  (the engines: tasks with caller-chosen ids; the peers: integers); consumers block with a timeout.
+  Producers block while the queue is full: the engines' in ``enqueue(task, wait=PRODUCER_WAIT_S)`` (the
+  admission wait; a refusal after the wait is retried and counted in ``extra_info["refusals_per_round"]``),
+  ``queue.Queue``'s in ``put``. Every item is checked received exactly once. A round moves all ``ITEMS``
+  (``extra_info["items_per_s"]`` is the median throughput); rounds: ``--benchmark-min-rounds`` (default 5).
+* ``interleaved-contended-2p2c``: the 2+2 scenario for the compiled engine (GIL held) and ``queue.Queue``,
+  their rounds interleaved (``Interleave`` in conftest.py); the 4x target reads this one.
 * ``wakeup``: one consumer blocks in ``dequeue(timeout=5)`` / ``get(timeout=5)``; the main thread waits
   until it is blocked, reads the clock and enqueues; the consumer reads the clock when the call returns.
   ``extra_info`` holds p50/p99/mean in microseconds over ``WAKEUPS`` samples.
@@ -121,21 +123,25 @@ def _engine_round(
     mod: ModuleType, n: int, per_producer: int, refusals: list[int]
 ) -> tuple[_Run, list[list[str]], list[list[str]]]:
     q = mod.Queue(CAPACITY)
-    task = mod.Task("llama-3.1-8b-instruct", 100, "sess-123")
-    sent: list[list[str]] = [[] for _ in range(n)]
+    # Prebuilt items on both sides: each producer sends its own tasks (caller-chosen ids), as the
+    # peers' producers send prebuilt integers.
+    tasks = [
+        [mod.Task("llama-3.1-8b-instruct", 100, "sess-123", job_id=f"p{k}-{i}") for i in range(per_producer)]
+        for k in range(n)
+    ]
+    sent: list[list[str]] = [[t.job_id for t in part] for part in tasks]
     got: list[list[str]] = [[] for _ in range(n)]
     run: _Run
 
-    def produce(out: list[str]) -> None:
+    def produce(mine: list[Any]) -> None:
         run.start.wait()
-        enqueue, append, wait = q.enqueue, out.append, PRODUCER_WAIT_S
+        enqueue, wait = q.enqueue, PRODUCER_WAIT_S
         refused = 0
-        for _ in range(per_producer):
+        for task in mine:
             res = enqueue(task, wait)
             while not res.accepted:
                 refused += 1
                 res = enqueue(task, wait)
-            append(res.job_id)
         refusals.append(refused)
 
     def consume(out: list[str]) -> None:
@@ -148,7 +154,7 @@ def _engine_round(
             elif q.closed and not q.depth():
                 return
 
-    producers = [threading.Thread(target=produce, args=(sent[i],)) for i in range(n)]
+    producers = [threading.Thread(target=produce, args=(tasks[i],)) for i in range(n)]
     consumers = [threading.Thread(target=consume, args=(got[i],)) for i in range(n)]
     run = _Run(producers, consumers, q.close)
     for t in producers + consumers:
@@ -197,6 +203,15 @@ def _peer_round(name: str, n: int, per_producer: int) -> tuple[_Run, list[list[i
     return run, sent, got
 
 
+def _check_round(sent: list[list[Any]], got: list[list[Any]], items: int) -> None:
+    """Every item sent was received exactly once."""
+    sent_all = Counter(x for part in sent for x in part)
+    got_all = Counter(x for part in got for x in part)
+    assert sum(sent_all.values()) == items
+    assert max(sent_all.values()) == 1
+    assert got_all == sent_all
+
+
 def _contended(benchmark: BenchmarkFixture, name: str, n: int, rounds: int) -> None:
     per_producer = ITEMS // n
     checks: list[tuple[list[list[Any]], list[list[Any]]]] = []
@@ -216,11 +231,7 @@ def _contended(benchmark: BenchmarkFixture, name: str, n: int, rounds: int) -> N
     benchmark.pedantic(_Run.go, setup=setup, rounds=rounds)  # type: ignore[no-untyped-call]
     # Every item was received exactly once, in every round.
     for sent, got in checks:
-        sent_all = Counter(x for part in sent for x in part)
-        got_all = Counter(x for part in got for x in part)
-        assert sum(sent_all.values()) == per_producer * n
-        assert max(sent_all.values()) == 1
-        assert got_all == sent_all
+        _check_round(sent, got, per_producer * n)
     stats = getattr(benchmark.stats, "stats", None)
     if stats is not None and stats.data:
         benchmark.extra_info["items_per_s"] = round(per_producer * n / stats.median)
@@ -245,6 +256,48 @@ def test_contended_2p2c(benchmark: BenchmarkFixture, subject: str, pedantic_roun
 def test_contended_4p4c(benchmark: BenchmarkFixture, subject: str, pedantic_rounds: int) -> None:
     """4 producers, 4 consumers through capacity 1024."""
     _contended(benchmark, subject, 4, pedantic_rounds)
+
+
+@pytest.mark.parametrize("n", [pytest.param(2, id="2p2c")])
+def test_interleaved_contended(benchmark: BenchmarkFixture, interleave: Any, n: int, pedantic_rounds: int) -> None:
+    """2 producers + 2 consumers: the compiled engine (GIL held, the default) and ``queue.Queue``, rounds
+    interleaved (see ``Interleave`` in conftest.py); every item checked received exactly once."""
+    if core_c is None:
+        pytest.skip("no compiled engine")
+    per_producer = ITEMS // n
+    checks: list[tuple[list[list[Any]], list[list[Any]]]] = []
+    refusals: list[int] = []
+
+    def engine_round() -> float:
+        run, sent, got = _engine_round(_engine("c-gil-held"), n, per_producer, refusals)
+        checks.append((sent, got))
+        t0 = time.perf_counter()
+        run.go()
+        return time.perf_counter() - t0
+
+    def peer_round() -> float:
+        run, sent, got = _peer_round("queue.Queue", n, per_producer)
+        checks.append((sent, got))
+        t0 = time.perf_counter()
+        run.go()
+        return time.perf_counter() - t0
+
+    before = core_c._get_release_gil()
+    core_c._set_release_gil(False)
+    try:
+        benchmark.group = f"interleaved-contended-{n}p{n}c"
+        _record(benchmark, "interleaved", per_producer * n, producers=n, consumers=n, capacity=CAPACITY)
+        workloads = {"c-gil-held": engine_round, "queue.Queue": peer_round}
+        medians = interleave(
+            benchmark, workloads, dict.fromkeys(workloads, per_producer * n), min_cycles=pedantic_rounds
+        )
+    finally:
+        core_c._set_release_gil(before)
+    for sent, got in checks:
+        _check_round(sent, got, per_producer * n)
+    benchmark.extra_info["items_per_s"] = {name: round(1e9 / ns) for name, ns in medians.items()}
+    if refusals:
+        benchmark.extra_info["refusals"] = sum(refusals)
 
 
 # ---------------------------------------------------------------------------------------

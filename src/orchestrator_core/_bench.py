@@ -171,16 +171,17 @@ def _contended_round(impl: str, mods: dict[str, ModuleType], items: int) -> floa
     if impl in mods:
         mod = mods[impl]
         q = mod.Queue(CAPACITY)
-        task = mod.Task(MODEL, MAX_TOKENS, SESSION)
+        # Prebuilt items, as the peers' integers: each producer's own tasks, with caller-chosen ids.
+        tasks = [[mod.Task(MODEL, MAX_TOKENS, SESSION, job_id=f"p{k}-{i}") for i in range(per)] for k in range(n)]
 
         def produce(k: int) -> None:
             start.wait()
             enqueue, append = q.enqueue, sent[k].append
-            for _ in range(per):
+            for task in tasks[k]:
                 res = enqueue(task, 1.0)  # full: wait for room (as queue.Queue's put blocks)
                 while not res.accepted:
                     res = enqueue(task, 1.0)
-                append(res.job_id)
+                append(task.job_id)
 
         def consume(out: list[Any]) -> None:
             start.wait()
