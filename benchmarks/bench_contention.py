@@ -268,26 +268,27 @@ def test_interleaved_contended(benchmark: BenchmarkFixture, interleave: Any, n: 
     checks: list[tuple[list[list[Any]], list[list[Any]]]] = []
     refusals: list[int] = []
 
-    def engine_round() -> float:
-        run, sent, got = _engine_round(_engine("c-gil-held"), n, per_producer, refusals)
-        checks.append((sent, got))
-        t0 = time.perf_counter()
-        run.go()
-        return time.perf_counter() - t0
+    def timed_round(make: Callable[[], tuple[_Run, list[list[Any]], list[list[Any]]]]) -> Callable[[], float]:
+        """A workload: set a round up (untimed), then time its run; the items are checked afterwards."""
 
-    def peer_round() -> float:
-        run, sent, got = _peer_round("queue.Queue", n, per_producer)
-        checks.append((sent, got))
-        t0 = time.perf_counter()
-        run.go()
-        return time.perf_counter() - t0
+        def workload() -> float:
+            run, sent, got = make()
+            checks.append((sent, got))
+            t0 = time.perf_counter()
+            run.go()
+            return time.perf_counter() - t0
+
+        return workload
 
     before = core_c._get_release_gil()
     core_c._set_release_gil(False)
     try:
         benchmark.group = f"interleaved-contended-{n}p{n}c"
         _record(benchmark, "interleaved", per_producer * n, producers=n, consumers=n, capacity=CAPACITY)
-        workloads = {"c-gil-held": engine_round, "queue.Queue": peer_round}
+        workloads = {
+            "c-gil-held": timed_round(partial(_engine_round, _engine("c-gil-held"), n, per_producer, refusals)),
+            "queue.Queue": timed_round(partial(_peer_round, "queue.Queue", n, per_producer)),
+        }
         medians = interleave(
             benchmark, workloads, dict.fromkeys(workloads, per_producer * n), min_cycles=pedantic_rounds
         )
