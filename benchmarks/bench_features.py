@@ -12,10 +12,12 @@ with the test id ``<engine>-<case>``:
 * ``budget``: the queue has a ``max_queued_tokens`` (tokens are counted in and out);
 * ``tenant``: every task names the same tenant (one lane, a tenant record made and freed per pair);
 * ``tenants-16``: 16 tenants with 8 jobs each queued behind; pairs rotate through the tenants
-  (the round-robin walk for ``Accepted.position`` is over 16 lanes);
+  (each enqueue and dequeue updates the class's rank tree; ``Accepted.position`` counts in it);
 * ``all``: deadline, budget and the 16 tenants together.
 
-Group ``features-position`` times ``position()`` at depth 10,000 spread over 1 or 100 tenants, and
+Group ``features-position`` times ``position()`` at depth 10,000 spread over 1 to 1,000 tenants,
+``features-evict`` an evicting enqueue (DROP_LRU at capacity 10,000) over 1 to 1,000 tenants (the
+victim is the tenant with the most jobs: both are O(log n) whatever the number of tenants), and
 ``features-memory`` the traced bytes per queued job with a tenant and a deadline on every task.
 """
 
@@ -118,7 +120,7 @@ def test_features_pair(benchmark: BenchmarkFixture, impl: ModuleType, case: str)
     assert q.depth() == depth and q.metrics().expired == 0
 
 
-@pytest.mark.parametrize("tenants", [1, 100])
+@pytest.mark.parametrize("tenants", [1, 10, 100, 1000])
 @pytest.mark.parametrize("impl", _engines())
 def test_features_position(benchmark: BenchmarkFixture, impl: ModuleType, tenants: int) -> None:
     """``position()`` of jobs spread through a queue of depth 10,000 over ``tenants`` tenants."""
@@ -137,6 +139,30 @@ def test_features_position(benchmark: BenchmarkFixture, impl: ModuleType, tenant
     _record(benchmark, impl, f"{tenants}-tenants", len(probes))
     benchmark(positions)
     _finish(benchmark)
+
+
+@pytest.mark.parametrize("tenants", [1, 10, 1000])
+@pytest.mark.parametrize("impl", _engines())
+def test_features_evict(benchmark: BenchmarkFixture, impl: ModuleType, tenants: int) -> None:
+    """Enqueues into a DROP_LRU queue full at 10,000 jobs spread over ``tenants`` tenants: each one
+    evicts the least recently used job of the tenant with the most jobs."""
+    q = impl.Queue(10_000, "drop-lru")
+    names = [f"t{i}" for i in range(tenants)]
+    for i in range(10_000):
+        assert q.enqueue(impl.Task(MODEL, 1, tenant=names[i % tenants])).accepted
+    tasks = [impl.Task(MODEL, 1, tenant=names[(i * 7) % tenants]) for i in range(OPS)]
+    enqueue = q.enqueue
+
+    def evicting() -> None:
+        for task in tasks:
+            enqueue(task)
+
+    benchmark.group = "features-evict"
+    _record(benchmark, impl, f"{tenants}-tenants", OPS)
+    benchmark(evicting)
+    _finish(benchmark)
+    m = q.metrics()
+    assert q.depth() == 10_000 and m.evicted == m.accepted - 10_000 > 0
 
 
 MEMORY_DEPTH = 1_000_000

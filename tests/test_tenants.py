@@ -3,6 +3,7 @@ DROP_LRU's choice of victim, on both engines (``impl``)."""
 
 from __future__ import annotations
 
+import random
 from types import ModuleType
 from typing import Any
 
@@ -11,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator_core import Priority, RejectionReason
+
+from .model import Model
 
 
 def put(q: Any, impl: ModuleType, tenant: str | None, n: int = 1, **kw: Any) -> list[str]:
@@ -356,3 +359,94 @@ def test_a_cycle_through_queued_payloads_is_collected(impl: ModuleType, clock: A
     del q
     gc.collect()
     assert ref() is None
+
+
+def test_positions_follow_the_round_robin_when_tenants_join_one_place_many_times(
+    make_queue: Any, impl: ModuleType
+) -> None:
+    # a and b queued, a just served: every tenant that joins now goes between a and b in the
+    # circle (at the back of the turns), halving the room left there, and the lanes are
+    # relabelled in order once it runs out (after about 40 of them).
+    q = make_queue(1000)
+    put(q, impl, "a", 3)
+    put(q, impl, "b", 3)
+    assert q.dequeue().task.tenant == "a"
+    late = [put(q, impl, f"t{i}")[0] for i in range(100)]
+    assert [q.position(j) for j in late] == list(range(2, 102))
+    expected = ["b", "a"] + [f"t{i}" for i in range(100)] + ["b", "a", "b"]
+    jobs = q.drain()
+    assert owners(q, jobs) == expected
+
+
+@pytest.mark.parametrize("policy", ["reject-new", "drop-lru"])
+def test_positions_and_victims_with_hundreds_of_tenants_match_the_model(impl: ModuleType, policy: str) -> None:
+    # Hundreds of tenants joining and leaving at every place of the circle (bursts, in both
+    # priorities, with cancels and, under DROP_LRU, evictions): every queued job's position,
+    # every Accepted.position and every victim is what the reference model's literal round
+    # robin says.
+    rng = random.Random(7)
+    capacity = 400 if policy == "reject-new" else 150  # (the model's evictions are slow)
+    q = impl.Queue(capacity, policy, id_prefix="q")
+    m = Model(capacity, policy)
+    names = [f"t{i}" for i in range(300)] + [None]
+    for step in range(1200):
+        r = rng.random()
+        if r < 0.6:
+            n = rng.choice((1, 1, 1, 5, 40))
+            for _ in range(n):
+                tenant = rng.choice(names)
+                prio = rng.random() < 0.3
+                res = q.enqueue(impl.Task("m", 1, tenant=tenant, priority="batch" if prio else "interactive"))
+                want = m.enqueue(int(prio), 1, None, 0.0, tenant=tenant)
+                assert res.accepted == (want[0] == "accepted"), (res, want)
+                if res.accepted:
+                    assert (res.job_id, res.position) == (want[1], want[2])
+                    assert [v.job_id for v in res.evicted_all or ((res.evicted,) if res.evicted else ())] == [
+                        v.job_id for v in want[3]
+                    ]
+        elif r < 0.85:
+            for _ in range(rng.choice((1, 3, 30))):
+                job = q.dequeue()
+                want_job = m.dequeue(0.0)
+                assert (job and job.job_id) == (want_job and want_job.job_id)
+        else:
+            jobs = m.jobs()
+            if jobs:
+                victim = rng.choice(jobs).job_id
+                assert q.cancel(victim) and m.cancel(victim, 0.0)
+        if step % 100 == 99:
+            order = m.order()
+            assert [q.position(j.job_id) for j in order] == list(range(len(order)))
+    assert [j.job_id for j in q.drain()] == [j.job_id for j in m.order()]
+
+
+def test_tenants_joining_a_deep_queue_get_exact_positions(make_queue: Any, impl: ModuleType) -> None:
+    # Past 32 tenants in a priority the engine stops walking them and counts positions in a
+    # rank tree it makes from the queued jobs: the positions are the same either side.
+    q = make_queue(2000)
+    plain = put(q, impl, None, 500)
+    q.cancel(plain[1])
+    late = [put(q, impl, f"t{i}")[0] for i in range(40)]
+    assert [q.position(j) for j in late] == list(range(1, 41))
+    assert [q.position(j) for j in plain[:5]] == [0, None, 41, 42, 43]
+    (again,) = put(q, impl, "t0")  # its second turn: after the default tenant's next job
+    assert q.position(again) == 42
+    order = [j.job_id for j in q.drain()]
+    assert order[:45] == [plain[0], *late, plain[2], again, plain[3], plain[4]]
+    assert len(order) == 540
+
+
+def test_drop_lru_can_empty_a_class_of_many_tenants_to_admit_one_task(make_queue: Any, impl: ModuleType) -> None:
+    # The budget only fits the new task once every batch job is evicted: a class of 33 tenants
+    # (kept with a rank tree) empties inside the admission, and the new tenant's lane starts
+    # it afresh.
+    q = make_queue(1000, "drop-lru", max_queued_tokens=66)
+    old = [j for i in range(33) for j in put(q, impl, f"t{i}", 2, priority="batch")]
+    res = q.enqueue(impl.Task("m", 66, tenant="big", priority="batch"))
+    assert res.accepted and res.position == 0
+    assert sorted(j.job_id for j in res.evicted_all) == sorted(old)
+    res2 = q.enqueue(impl.Task("m", 30, tenant="d", priority="batch"))
+    assert res2.accepted and res2.evicted.job_id == res.job_id and res2.position == 0
+    (e,) = put(q, impl, "e", priority="batch")
+    assert q.position(e) == 1
+    assert owners(q, q.drain()) == ["d", "e"]

@@ -1,7 +1,7 @@
 # Declarations of the compiled engine (see the invariants at the top of _core_c.pyx).
 cimport cython
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 cdef extern from "pythread.h":
     ctypedef void *PyThread_type_lock
@@ -53,6 +53,7 @@ cdef struct Lane:
     Lane *rot_prev
     Tenant *tenant          # NULL: the default tenant (tenant=None)
     int prio
+    int64_t label           # its place in the round robin (the circle is in label order, see _rot_insert)
     bint fen_ok
     int64_t *fen            # Fenwick tree over ring cells (fen_size = mask + 2 when valid)
     int64_t fen_size
@@ -61,9 +62,32 @@ cdef struct Lane:
     int64_t pending_cap
 
 
+cdef struct RNode:
+    Lane *lane              # key (level, lane.label): the lane has >= level jobs (the label is
+    int64_t level           # read through the lane: relabelling keeps the tree valid)
+    int32_t left            # node indices (0: none; node 0 is never used); free list via left
+    int32_t right
+    int32_t size            # nodes in the subtree
+    uint32_t prio           # treap heap order (max at the root)
+
+
+cdef struct Rank:
+    # A class's rank tree (kept once the queue has seen a tenant): an order-statistics treap
+    # over the keys (level, label), one per queued job.
+    RNode *nodes            # NULL until used
+    int64_t cap             # nodes allocated (node 0 included)
+    int64_t used            # nodes handed out so far (high-water mark, node 0 included)
+    int64_t free            # free list head (0: none)
+    int64_t root
+    uint64_t seed           # xorshift64 state of the priorities
+
+
 cdef struct PClass:
     Lane dflt               # the default tenant's lane
     Lane *cur               # the lane served next; NULL when the class is empty
+    Rank rank
+    bint ranked             # rank kept: a second lane joined since the class was last empty
+    int64_t step            # the largest label gap a lane joining the circle takes
     int64_t live            # jobs in the class
     int64_t nlanes          # lanes in the round robin
     int64_t tokens          # their tokens (kept only with max_queued_tokens)
@@ -140,6 +164,8 @@ cdef struct State:
     int64_t rate_deq
     double rate_win
     PClass cls[2]
+    bint tenants_seen       # every task takes the general path from then on
+    bint evicting           # inside DROP_LRU's eviction loop
     int64_t queued_tokens   # kept only with a budget
     int64_t dl_jobs         # queued jobs with a deadline
     Tenant **ttable         # tenants with queued work: chained hash table (NULL until the first)

@@ -14,14 +14,25 @@
 #     circle, a lane that becomes non-empty joins it just before cur (at the back). With one
 #     lane (no tenants) this is exactly FIFO. (Shortcut: a default lane that a dequeue empties
 #     while alone stays in the circle, empty, until another lane joins; nothing else is empty.)
+#     Each lane has an integer label, and going round the circle from the smallest label the
+#     labels increase: a joining lane takes one between its neighbours', and when none is
+#     left the class's lanes are relabelled evenly in the same order (amortised O(1)).
 #   * The job-id index maps every queued job id to its entry (one entry per id).
 #   * Each lane has an intrusive doubly linked LRU list, least recently used first: enqueue
 #     and touch put an entry last. DROP_LRU evicts from the lowest priority present, from
 #     the lane with the most jobs (ties: the latest in the round robin), its LRU entry.
 #   * A Fenwick tree over a lane's ring cells counts tombstones, so a job's rank in its lane
-#     is O(log n); position() adds the other lanes' shares by walking the circle: O(m) for m
-#     non-empty lanes in the class, O(1) without tenants. cancel only records the change
-#     (applied lazily at the next position()).
+#     is O(log n); cancel only records the change (applied lazily at the next position()).
+#   * Rank tree: once a second lane joins a class, and until the class is empty again, the
+#     class keeps an order-statistics treap with one key (level, label) per queued job: a lane
+#     with n jobs holds (1, label) ... (n, label). The round robin hands out the k-th job of
+#     lane L after min(n, k + 1) jobs of each lane from cur up to L and min(n, k) of every
+#     other lane, which is the number of keys of level <= k plus those of level k + 1 with a
+#     label in [cur's label, L's label) going round: position() is O(log n) with any number
+#     of tenants, and enqueue, dequeue, cancel, eviction and expiry pay one O(log n) tree
+#     update in such a class. DROP_LRU's lane is the greatest key's lane (the most jobs),
+#     among equals the one with the greatest label below cur's, else the greatest: O(log n).
+#     Made from the first lane's jobs when the second joins: O(n) once per busy period.
 #   * Deadlines: every entry with a max_wait_ms is also on one intrusive FIFO per distinct
 #     max_wait_ms value (a deadline lane). Enqueue times never decrease, so a deadline lane's
 #     head expires first. `dl_due` is a lower bound of the earliest head deadline: at
@@ -36,7 +47,7 @@
 #     it is released.
 #
 # C-specific: entries are PyMem_Malloc'd (pymalloc, 88 bytes) outside the lock; the rings,
-# index, Fenwick and pending arrays, tenant and deadline-lane records use PyMem_Raw* so they
+# index, Fenwick, pending and rank-tree arrays, tenant and deadline-lane records use PyMem_Raw* so they
 # can be made, resized and freed under the lock without the GIL. A tenant record holds a copy
 # of its name's characters (no Python object). The tasks' C fields (tokens) are read under the
 # lock: a Task is immutable and each queued entry owns a reference to its task.
@@ -49,7 +60,7 @@ from cpython.object cimport PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.math cimport floor, ceil, log2, isfinite, fabs, INFINITY
 
@@ -149,6 +160,17 @@ cdef enum:
     TABLE_FLOOR_MAX = 8192
     MIN_TENANT_TABLE = 8
     TENANT_FREELIST = 16
+    RANK_MIN = 64           # nodes of a rank tree's smallest array (kept while its class is empty)
+    RANK_LANES = 32         # a class keeps a rank tree once it has more lanes than this
+
+# Round-robin labels are in [1, LABEL_END); a lane alone gets LABEL_MID; LABEL_STEP is a
+# class's first step (see _rot_insert).
+cdef int64_t LABEL_END = (<int64_t>1) << 62
+cdef int64_t LABEL_MID = (<int64_t>1) << 61
+cdef int64_t LABEL_STEP = (<int64_t>1) << 40
+# A rank tree's nodes are 32 bytes, with 32-bit links: at most this many per class (a
+# tenant-mode class deeper than that refuses with MemoryError).
+cdef int64_t RANK_MAX = 0x7FFFFFFF
 
 # Retry-After (mirrors orchestrator_core._stats)
 cdef int64_t RETRY_AFTER_DEFAULT_MS = 1000
@@ -657,25 +679,263 @@ cdef void _record_wait(Stats *st, double wait_ms, double now) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------
+# Rank trees (lock held, no GIL needed): see Rank in _core_c.pxd and _Rank in _core_py.py.
+
+cdef inline bint _key_lt(int64_t la, int64_t sa, int64_t lb, int64_t sb) noexcept nogil:
+    return la < lb or (la == lb and sa < sb)
+
+
+cdef int _rank_reserve(Rank *r, int64_t n) noexcept nogil:
+    """Make room for n more nodes; -1 when out of memory (nothing changed)."""
+    cdef int64_t need, cap
+    cdef RNode *nodes
+    if n == 1 and r.free:
+        return 0
+    need = r.used + n
+    if need <= r.cap:
+        return 0
+    if need > RANK_MAX:
+        return -1
+    cap = r.cap if r.cap else RANK_MIN
+    while cap < need:
+        cap *= 2
+    if cap > RANK_MAX:
+        cap = RANK_MAX
+    nodes = <RNode *>PyMem_RawRealloc(r.nodes, cap * sizeof(RNode))
+    if nodes == NULL:
+        return -1
+    if r.nodes == NULL:
+        memset(nodes, 0, sizeof(RNode))  # node 0: size 0
+        r.used = 1
+        r.seed = 0x9E3779B97F4A7C15
+    r.nodes = nodes
+    r.cap = cap
+    return 0
+
+
+cdef int64_t _rank_node(Rank *r, int64_t level, Lane *lane) noexcept nogil:
+    """A new node (room reserved) with the key (level, lane's label)."""
+    cdef uint64_t x = r.seed
+    cdef int64_t i = r.free
+    cdef RNode *nd
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    r.seed = x
+    if i:
+        r.free = r.nodes[i].left
+    else:
+        i = r.used
+        r.used += 1
+    nd = &r.nodes[i]
+    nd.level = level
+    nd.lane = lane
+    nd.left = nd.right = 0
+    nd.size = 1
+    nd.prio = <uint32_t>(x >> 32)
+    return i
+
+
+cdef int64_t _rank_ins(RNode *nd, int64_t t, int64_t x, int64_t lv, int64_t lb) noexcept nogil:
+    cdef int64_t y
+    if t == 0:
+        return x
+    nd[t].size += 1
+    if _key_lt(lv, lb, nd[t].level, nd[t].lane.label):
+        y = _rank_ins(nd, nd[t].left, x, lv, lb)
+        nd[t].left = y
+        if nd[y].prio > nd[t].prio:  # rotate right
+            nd[t].left = nd[y].right
+            nd[y].right = t
+            nd[y].size = nd[t].size
+            nd[t].size = 1 + nd[nd[t].left].size + nd[nd[t].right].size
+            return y
+    else:
+        y = _rank_ins(nd, nd[t].right, x, lv, lb)
+        nd[t].right = y
+        if nd[y].prio > nd[t].prio:  # rotate left
+            nd[t].right = nd[y].left
+            nd[y].left = t
+            nd[y].size = nd[t].size
+            nd[t].size = 1 + nd[nd[t].left].size + nd[nd[t].right].size
+            return y
+    return t
+
+
+cdef inline void _rank_insert(Rank *r, int64_t level, Lane *lane) noexcept nogil:
+    """Add the key (level, lane's label), absent so far (room reserved)."""
+    r.root = _rank_ins(r.nodes, r.root, _rank_node(r, level, lane), level, lane.label)
+
+
+cdef int64_t _rank_merge(RNode *nd, int64_t a, int64_t b) noexcept nogil:
+    if a == 0:
+        return b
+    if b == 0:
+        return a
+    if nd[a].prio > nd[b].prio:
+        nd[a].size += nd[b].size
+        nd[a].right = _rank_merge(nd, nd[a].right, b)
+        return a
+    nd[b].size += nd[a].size
+    nd[b].left = _rank_merge(nd, a, nd[b].left)
+    return b
+
+
+cdef int64_t _rank_del(Rank *r, int64_t t, int64_t level, int64_t label) noexcept nogil:
+    cdef RNode *nd = r.nodes
+    cdef int64_t m
+    nd[t].size -= 1
+    if _key_lt(level, label, nd[t].level, nd[t].lane.label):
+        nd[t].left = _rank_del(r, nd[t].left, level, label)
+        return t
+    if _key_lt(nd[t].level, nd[t].lane.label, level, label):
+        nd[t].right = _rank_del(r, nd[t].right, level, label)
+        return t
+    m = _rank_merge(nd, nd[t].left, nd[t].right)
+    nd[t].lane = NULL
+    nd[t].left = r.free
+    r.free = t
+    return m
+
+
+cdef inline void _rank_delete(Rank *r, int64_t level, Lane *lane) noexcept nogil:
+    """Remove the key (level, lane's label), present."""
+    r.root = _rank_del(r, r.root, level, lane.label)
+
+
+cdef int64_t _rank_count_lt(Rank *r, int64_t level, int64_t label) noexcept nogil:
+    """Keys below (level, label)."""
+    cdef RNode *nd = r.nodes
+    cdef int64_t t = r.root
+    cdef int64_t n = 0
+    while t:
+        if _key_lt(nd[t].level, nd[t].lane.label, level, label):
+            n += nd[nd[t].left].size + 1
+            t = nd[t].right
+        else:
+            t = nd[t].left
+    return n
+
+
+cdef int64_t _rank_last_below(Rank *r, int64_t level, int64_t label) noexcept nogil:
+    """The node of the greatest key below (level, label) (0: none)."""
+    cdef RNode *nd = r.nodes
+    cdef int64_t t = r.root
+    cdef int64_t best = 0
+    while t:
+        if _key_lt(nd[t].level, nd[t].lane.label, level, label):
+            best = t
+            t = nd[t].right
+        else:
+            t = nd[t].left
+    return best
+
+
+cdef void _rank_fill(PClass *c) noexcept nogil:
+    """Add the keys of every lane of the class's circle (the tree is empty; room reserved for
+    them): O(n log n)."""
+    cdef Lane *lane = c.cur
+    cdef int64_t level
+    while True:
+        for level in range(1, lane.live + 1):
+            _rank_insert(&c.rank, level, lane)
+        lane = lane.rot_next
+        if lane == c.cur:
+            break
+
+
+cdef void _rank_reset(Rank *r, bint release) noexcept nogil:
+    """Forget every node (the class is empty); with release, a grown array is freed: memory
+    follows depth. (Without: during evictions, which must not lose the node reserved for the
+    job being admitted.)"""
+    if release and r.cap > RANK_MIN:
+        PyMem_RawFree(r.nodes)
+        r.nodes = NULL
+        r.cap = 0
+        r.used = 0
+    elif r.nodes != NULL:
+        r.used = 1
+    r.free = 0
+    r.root = 0
+
+
+cdef int _rank_prepare(PClass *c, Lane *lane) noexcept nogil:
+    """Before an admission to lane: reserve the rank-tree node it needs and, if the lane joins
+    a class that has RANK_LANES lanes already, make the tree from the class's jobs (O(n log n),
+    amortised O(log n) per job: each job is in at most one such build; the tree is kept until
+    the class is empty). -1 when out of memory (nothing observable changed)."""
+    if c.ranked:
+        return _rank_reserve(&c.rank, 1)
+    if c.live == 0 or lane.rot_next != NULL or c.nlanes < RANK_LANES:
+        return 0  # few enough lanes to walk them
+    if _rank_reserve(&c.rank, c.live + 1) < 0:
+        return -1
+    _rank_fill(c)
+    c.ranked = True
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # Round robin, tenants, deadline lanes (lock held, no GIL needed)
 
+cdef void _relabel(PClass *c, Lane *new) noexcept nogil:
+    """Spread the labels of the class's lanes evenly, in the circle's order from the one with
+    the smallest label (new, just linked in, has none yet and goes where it is)."""
+    cdef Lane *first = c.cur
+    cdef Lane *lane = first.rot_next
+    cdef int64_t n = c.nlanes, gap, i, step
+    while lane != c.cur:
+        if lane != new and (first == new or lane.label < first.label):
+            first = lane
+        lane = lane.rot_next
+    gap = LABEL_END // (n + 1)
+    lane = first
+    for i in range(1, n + 1):
+        lane.label = i * gap
+        lane = lane.rot_next
+    step = gap // (2 * n + 2)
+    c.step = step if step else 1
+
+
 cdef inline void _rot_insert(PClass *c, Lane *lane) noexcept nogil:
-    """A lane that becomes non-empty joins the round robin at the back (just before cur)."""
+    """A lane that gets work joins its class's round robin at the back (just before cur), with
+    a label between its neighbours' (see Queue._rot_insert in _core_py.py)."""
     cdef Lane *cur = c.cur
+    cdef Lane *prev
+    cdef int64_t lo, hi, gap
     if cur != NULL and cur.live == 0:
         # The empty default lane, kept alone in the circle: it leaves for good now.
         cur.rot_next = cur.rot_prev = NULL
         c.cur = cur = NULL
         c.nlanes = 0
+    c.nlanes += 1
     if cur == NULL:
         lane.rot_next = lane.rot_prev = lane
+        lane.label = LABEL_MID
         c.cur = lane
-    else:
-        lane.rot_prev = cur.rot_prev
-        lane.rot_next = cur
-        cur.rot_prev.rot_next = lane
-        cur.rot_prev = lane
-    c.nlanes += 1
+        return
+    prev = cur.rot_prev
+    lane.rot_prev = prev
+    lane.rot_next = cur
+    prev.rot_next = lane
+    cur.rot_prev = lane
+    lo = prev.label
+    hi = cur.label
+    if lo < hi:
+        gap = (hi - lo) >> 1
+        if gap:
+            lane.label = lo + (gap if gap < c.step else c.step)
+            return
+    else:  # cur has the smallest label and prev the greatest: go past prev, or below cur
+        gap = (LABEL_END - lo) >> 1
+        if gap:
+            lane.label = lo + (gap if gap < c.step else c.step)
+            return
+        gap = hi >> 1
+        if gap:
+            lane.label = hi - (gap if gap < c.step else c.step)
+            return
+    _relabel(c, lane)
 
 
 cdef inline void _rot_remove(PClass *c, Lane *lane) noexcept nogil:
@@ -693,11 +953,22 @@ cdef inline void _rot_remove(PClass *c, Lane *lane) noexcept nogil:
 
 
 cdef int64_t _class_rank(PClass *c, Lane *lane, int64_t k) noexcept nogil:
-    """Jobs of the class the round robin hands out before lane's k-th (0-based) job: each lane
-    ahead of it in the circle gives up to k + 1 jobs first, each lane after it up to k, and
-    the lane itself k. O(number of non-empty lanes)."""
+    """Jobs of the class (two or more lanes) the round robin hands out before lane's k-th
+    (0-based) job: each lane from cur up to it in the circle gives min(its jobs, k + 1) first,
+    every other lane min(its jobs, k), and the lane itself k. With a rank tree: the keys of
+    level <= k, plus those of level k + 1 whose label lies in [cur's label, lane's) going
+    round the circle, O(log n); without (at most RANK_LANES lanes), a walk round the circle."""
+    cdef Rank *r = &c.rank
+    cdef int64_t l_cur, label
     cdef int64_t ahead = k
     cdef Lane *other = c.cur
+    if c.ranked:
+        l_cur = c.cur.label
+        label = lane.label
+        if l_cur <= label:
+            return _rank_count_lt(r, k + 1, 0) + _rank_count_lt(r, k + 1, label) - _rank_count_lt(r, k + 1, l_cur)
+        # The range wraps past the greatest label: level <= k, then [l_cur, end), [0, label).
+        return _rank_count_lt(r, k + 2, 0) - _rank_count_lt(r, k + 1, l_cur) + _rank_count_lt(r, k + 1, label)
     while other != lane:
         ahead += other.live if other.live <= k else k + 1
         other = other.rot_next
@@ -734,14 +1005,28 @@ cdef int64_t _rank_of(State *s, Entry *e) noexcept nogil:
 
 
 cdef Lane *_victim_lane(PClass *c) noexcept nogil:
-    """DROP_LRU's lane in a non-empty class: the most jobs; ties: the latest in the round robin."""
+    """DROP_LRU's lane in a non-empty class: the most jobs; ties: the latest in the round
+    robin. With a rank tree: the greatest key's level, among the lanes holding it the greatest
+    label below cur's, else the greatest, O(log n); without, a walk."""
+    cdef Rank *r = &c.rank
+    cdef RNode *nd = r.nodes
+    cdef int64_t t, x, top
     cdef Lane *best = c.cur
     cdef Lane *lane = best.rot_next
-    while lane != c.cur:
-        if lane.live >= best.live:
-            best = lane
-        lane = lane.rot_next
-    return best
+    if not c.ranked:
+        while lane != c.cur:
+            if lane.live >= best.live:
+                best = lane
+            lane = lane.rot_next
+        return best
+    t = r.root
+    while nd[t].right:
+        t = nd[t].right
+    top = nd[t].level
+    x = _rank_last_below(r, top, c.cur.label)
+    if x and nd[x].level == top:
+        t = x
+    return nd[t].lane
 
 
 cdef inline int64_t _tokens_of(Entry *e) noexcept nogil:
@@ -915,6 +1200,8 @@ cdef void _remove(State *s, Entry *e) noexcept nogil:
     cdef PClass *c = &s.cls[lane.prio]
     cdef Tenant *t = lane.tenant
     cdef int64_t tokens
+    if c.ranked:
+        _rank_delete(&c.rank, lane.live, lane)
     _ring_remove(lane, e)
     _lru_unlink(lane, e)
     c.live -= 1
@@ -926,6 +1213,9 @@ cdef void _remove(State *s, Entry *e) noexcept nogil:
         _dl_unlink(s, e)
     if lane.live == 0:
         _rot_remove(c, lane)
+        if c.live == 0 and c.ranked:
+            _rank_reset(&c.rank, not s.evicting)
+            c.ranked = False
     if t != NULL:
         t.live -= 1
         if t.live == 0:
@@ -1044,6 +1334,7 @@ cdef int _enqueue_general(State *s, Entry *e, Admit *a, Lane **lane_out) noexcep
         code = DUPLICATE
     else:
         if a.tenant != NULL:
+            s.tenants_seen = True  # tenants from now on: every task takes this path
             tr = _tenant_find(s, a.tenant, a.thash)
             if tr == NULL:
                 lane = NULL
@@ -1107,7 +1398,7 @@ cdef int _enqueue_general(State *s, Entry *e, Admit *a, Lane **lane_out) noexcep
                         return NOMEM
                 if tr != NULL:
                     lane = &tr.lanes[p]
-                if _ring_reserve(lane) < 0:
+                if _ring_reserve(lane) < 0 or _rank_prepare(c, lane) < 0:
                     if tr != NULL and tr.live == 0:
                         _tenant_free(s, tr)
                     return NOMEM
@@ -1115,6 +1406,7 @@ cdef int _enqueue_general(State *s, Entry *e, Admit *a, Lane **lane_out) noexcep
         if tr != NULL:
             tr.live += 1  # counted before evicting: an eviction cannot free it
         if full != OK:  # DROP_LRU: evict until both bounds fit
+            s.evicting = True  # (keeps the rank-tree node reserved above)
             while inter.live + s.cls[1].live >= s.capacity or (
                 s.budget and s.queued_tokens + a.tokens > s.budget
             ):
@@ -1128,6 +1420,7 @@ cdef int _enqueue_general(State *s, Entry *e, Admit *a, Lane **lane_out) noexcep
                     vlast.lru_next = v
                 vlast = v
                 a.nvict += 1
+            s.evicting = False
             s.st.evicted += a.nvict
             a.position = _tail_position(s, c, lane, p)
         if has_mw:
@@ -1470,6 +1763,7 @@ cdef class Queue:
         memset(&self.s, 0, sizeof(State))
         for p in range(2):
             self.s.cls[p].dflt.prio = p
+            self.s.cls[p].step = LABEL_STEP
             if _ring_init(&self.s.cls[p].dflt) < 0:
                 raise MemoryError()
         self.s.table = <Entry **>PyMem_RawMalloc(MIN_TABLE * sizeof(Entry *))
@@ -1533,6 +1827,8 @@ cdef class Queue:
                     if e != NULL:
                         _free_entry(e)
             _ring_free(lane)
+            PyMem_RawFree(self.s.cls[p].rank.nodes)
+            self.s.cls[p].rank.nodes = NULL
         if self.s.ttable != NULL:
             for b in range(self.s.ttmask + 1):
                 t = self.s.ttable[b]
@@ -1844,6 +2140,12 @@ cdef class Queue:
         elif lane.rot_next != lane or lane.tenant != NULL:
             _rot_remove(c, lane)
         # else: the default lane, alone: it stays in the circle, empty, until another lane joins
+        if c.ranked:
+            if c.live:
+                _rank_delete(&c.rank, lane.live + 1, lane)
+            else:
+                _rank_reset(&c.rank, True)
+                c.ranked = False
         if s.budget:
             tokens = _tokens_of(e)
             c.tokens -= tokens
@@ -2161,8 +2463,7 @@ cdef class Queue:
     def position(self, job_id):
         """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued.
 
-        O(log n) without tenants; with tenants O(log n + m), m the tenants with queued work
-        in the job's priority.
+        O(log n), with any number of tenants.
         """
         cdef str jid = self._id_arg(job_id)
         cdef Key k
@@ -2394,6 +2695,7 @@ cdef inline int _enqueue_locked(Queue self, Entry *e, Admit *a) noexcept nogil:
         a.tenant == NULL
         and a.max_wait <= 0
         and not s.budget
+        and not s.tenants_seen
         and a.waiter == NULL
         and inter.live + s.cls[1].live < s.capacity
         and not s.closed
@@ -2433,6 +2735,8 @@ cdef inline int _enqueue_locked(Queue self, Entry *e, Admit *a) noexcept nogil:
     _ring_push(lane, e)
     _lru_append(lane, e)
     c.live += 1
+    if c.ranked:
+        _rank_insert(&c.rank, lane.live, lane)
     if s.budget:
         c.tokens += a.tokens
         s.queued_tokens += a.tokens

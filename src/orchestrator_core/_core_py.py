@@ -14,14 +14,25 @@
 #     circle, a lane that becomes non-empty joins it just before cur (at the back). With one
 #     lane (no tenants) this is exactly FIFO. (Shortcut: a default lane that a dequeue empties
 #     while alone stays in the circle, empty, until another lane joins; nothing else is empty.)
+#     Each lane has an integer label, and going round the circle from the smallest label the
+#     labels increase: a joining lane takes one between its neighbours', and when none is
+#     left the class's lanes are relabelled evenly in the same order (amortised O(1)).
 #   * The job-id index maps every queued job id to its entry (one entry per id).
 #   * Each lane has an intrusive doubly linked LRU list, least recently used first: enqueue
 #     and touch put an entry last. DROP_LRU evicts from the lowest priority present, from
 #     the lane with the most jobs (ties: the latest in the round robin), its LRU entry.
 #   * A Fenwick tree over a lane's ring cells counts tombstones, so a job's rank in its lane
-#     is O(log n); position() adds the other lanes' shares by walking the circle: O(m) for m
-#     non-empty lanes in the class, O(1) without tenants. cancel only records the change
-#     (applied lazily at the next position()).
+#     is O(log n); cancel only records the change (applied lazily at the next position()).
+#   * Rank tree: once a second lane joins a class, and until the class is empty again, the
+#     class keeps an order-statistics treap with one key (level, label) per queued job: a lane
+#     with n jobs holds (1, label) ... (n, label). The round robin hands out the k-th job of
+#     lane L after min(n, k + 1) jobs of each lane from cur up to L and min(n, k) of every
+#     other lane, which is the number of keys of level <= k plus those of level k + 1 with a
+#     label in [cur's label, L's label) going round: position() is O(log n) with any number
+#     of tenants, and enqueue, dequeue, cancel, eviction and expiry pay one O(log n) tree
+#     update in such a class. DROP_LRU's lane is the greatest key's lane (the most jobs),
+#     among equals the one with the greatest label below cur's, else the greatest: O(log n).
+#     Made from the first lane's jobs when the second joins: O(n) once per busy period.
 #   * Deadlines: every entry with a max_wait_ms is also on one intrusive FIFO per distinct
 #     max_wait_ms value (a deadline lane). Enqueue times never decrease, so a deadline lane's
 #     head expires first. `dl_due` is a lower bound of the earliest head deadline: at
@@ -126,6 +137,12 @@ _WAIT_CODES: Final = _FULL_CODES | {_UNMEETABLE}  # refusals a producer may wait
 _PROBE: Final = object()  # _attempt's waiter for _try_admit: a retriable refusal returns None, nothing registered
 
 _MIN_RING: Final = 8
+# Round-robin labels (see Queue._rot_insert): in [1, _LABEL_END); a lane alone gets _LABEL_MID.
+_LABEL_END: Final = 1 << 62
+_LABEL_MID: Final = 1 << 61
+_LABEL_STEP: Final = 1 << 40
+# A class keeps a rank tree once it has more lanes than this (fewer are walked: O(1)).
+_RANK_LANES: Final = 32
 _COMPACT_SLACK: Final = 32
 _NEG_INF: Final = -math.inf
 _NO_WAIT: Final = 0.0  # enqueue's default wait (compared by identity first)
@@ -597,6 +614,7 @@ class _Lane:
         "rot_next",
         "tenant",
         "prio",
+        "label",
     )
 
     def __init__(self, prio: int, tenant: _Tenant | None) -> None:
@@ -615,6 +633,7 @@ class _Lane:
         self.rot_next: _Lane | None = None
         self.tenant = tenant
         self.prio = prio
+        self.label = 0  # its place in the round robin (the circle is in label order, see _rot_insert)
 
     # -- ring -------------------------------------------------------------------------
     def grow(self) -> None:
@@ -799,7 +818,7 @@ class _Lane:
 class _Class:
     """One priority class: its round robin of non-empty lanes and the default tenant's lane."""
 
-    __slots__ = ("cur", "live", "nlanes", "tokens", "dflt")
+    __slots__ = ("cur", "live", "nlanes", "tokens", "dflt", "rank", "ranked", "step")
 
     def __init__(self, prio: int) -> None:
         self.cur: _Lane | None = None  # the lane served next; None when the class is empty
@@ -807,6 +826,9 @@ class _Class:
         self.nlanes = 0  # lanes in the round robin
         self.tokens = 0  # their tokens (kept only with max_queued_tokens)
         self.dflt = _Lane(prio, None)
+        self.rank = _Rank()
+        self.ranked = False  # rank kept: over _RANK_LANES lanes joined since it was last empty
+        self.step = _LABEL_STEP  # the largest label gap a lane joining the circle takes
 
 
 class _Tenant:
@@ -831,6 +853,176 @@ class _DLane:
         head = _new(_Entry)
         head.dl_prev = head.dl_next = head
         self.head = head
+
+
+class _Rank:
+    """The rank tree of a priority class (kept once a queue has seen a tenant): an
+    order-statistics treap over the keys (level, label), one per queued job: the lane with
+    n jobs holds the keys (1, its label) ... (n, its label). A node holds its level and its
+    lane, and reads the label through the lane, so relabelling lanes (in order) leaves the
+    tree valid. Keys count lanes by length and by place in the circle, which is all
+    position() and DROP_LRU's victim need: O(log n) per insert, delete and count. Nodes are
+    indices into parallel lists (node 0 is nil), so nothing made under the lock is tracked
+    by the cyclic GC."""
+
+    __slots__ = ("level", "lane", "left", "right", "size", "prio", "root", "free", "seed")
+
+    def __init__(self) -> None:
+        self.level = [0]
+        self.lane: list[_Lane | None] = [None]
+        self.left = [0]  # (the free list is linked through ``left``)
+        self.right = [0]
+        self.size = [0]
+        self.prio = [0]
+        self.root = 0
+        self.free = 0
+        self.seed = 0x9E3779B97F4A7C15
+
+    def _node(self, level: int, lane: _Lane) -> int:
+        x = self.seed
+        x ^= (x << 13) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 7
+        x ^= (x << 17) & 0xFFFFFFFFFFFFFFFF
+        self.seed = x
+        i = self.free
+        if i:
+            self.free = self.left[i]
+            self.level[i] = level
+            self.lane[i] = lane
+            self.left[i] = self.right[i] = 0
+            self.size[i] = 1
+            self.prio[i] = x >> 32
+        else:
+            i = len(self.level)
+            self.level.append(level)
+            self.lane.append(lane)
+            self.left.append(0)
+            self.right.append(0)
+            self.size.append(1)
+            self.prio.append(x >> 32)
+        return i
+
+    def insert(self, level: int, lane: _Lane) -> None:
+        """Add the key (level, lane's label), absent so far."""
+        self.root = self._ins(self.root, self._node(level, lane), level, lane.label)
+
+    def _ins(self, t: int, x: int, lv: int, lb: int) -> int:
+        if not t:
+            return x
+        left = self.left
+        right = self.right
+        size = self.size
+        size[t] += 1
+        lt = self.level[t]
+        if lv < lt or (lv == lt and lb < self.lane[t].label):  # type: ignore[union-attr]
+            y = left[t] = self._ins(left[t], x, lv, lb)
+            if self.prio[y] > self.prio[t]:  # rotate right
+                left[t] = right[y]
+                right[y] = t
+                size[y] = size[t]
+                size[t] = 1 + size[left[t]] + size[right[t]]
+                return y
+        else:
+            y = right[t] = self._ins(right[t], x, lv, lb)
+            if self.prio[y] > self.prio[t]:  # rotate left
+                right[t] = left[y]
+                left[y] = t
+                size[y] = size[t]
+                size[t] = 1 + size[left[t]] + size[right[t]]
+                return y
+        return t
+
+    def delete(self, level: int, lane: _Lane) -> None:
+        """Remove the key (level, lane's label), present."""
+        self.root = self._del(self.root, level, lane.label)
+
+    def _del(self, t: int, lv: int, lb: int) -> int:
+        self.size[t] -= 1
+        lt = self.level[t]
+        ln = self.lane[t].label  # type: ignore[union-attr]
+        if lv < lt or (lv == lt and lb < ln):
+            self.left[t] = self._del(self.left[t], lv, lb)
+            return t
+        if lv > lt or lb > ln:
+            self.right[t] = self._del(self.right[t], lv, lb)
+            return t
+        m = self._merge(self.left[t], self.right[t])
+        self.lane[t] = None
+        self.left[t] = self.free
+        self.free = t
+        return m
+
+    def _merge(self, a: int, b: int) -> int:
+        if not a:
+            return b
+        if not b:
+            return a
+        if self.prio[a] > self.prio[b]:
+            self.size[a] += self.size[b]
+            self.right[a] = self._merge(self.right[a], b)
+            return a
+        self.size[b] += self.size[a]
+        self.left[b] = self._merge(a, self.left[b])
+        return b
+
+    def count_lt(self, lv: int, lb: int) -> int:
+        """Keys below (lv, lb)."""
+        level = self.level
+        lane = self.lane
+        left = self.left
+        size = self.size
+        t = self.root
+        n = 0
+        while t:
+            lt = level[t]
+            if lt < lv or (lt == lv and lane[t].label < lb):  # type: ignore[union-attr]
+                n += size[left[t]] + 1
+                t = self.right[t]
+            else:
+                t = left[t]
+        return n
+
+    def last_below(self, lv: int, lb: int) -> int:
+        """The node of the greatest key below (lv, lb) (0: none)."""
+        level = self.level
+        lane = self.lane
+        t = self.root
+        best = 0
+        while t:
+            lt = level[t]
+            if lt < lv or (lt == lv and lane[t].label < lb):  # type: ignore[union-attr]
+                best = t
+                t = self.right[t]
+            else:
+                t = self.left[t]
+        return best
+
+    def fill(self, c: _Class) -> None:
+        """Add the keys of every lane of ``c``'s circle (the tree is empty): O(n log n)."""
+        lane = c.cur
+        while True:
+            for level in range(1, lane.live + 1):  # type: ignore[union-attr]
+                self.insert(level, lane)  # type: ignore[arg-type]
+            lane = lane.rot_next  # type: ignore[union-attr]
+            if lane is c.cur:
+                break
+
+    def reset(self) -> None:
+        """Forget every node (the class is empty): memory follows depth."""
+        # (No tuple of the lists, no iterator: the lock is held.)
+        _truncate(self.level)
+        _truncate(self.lane)
+        _truncate(self.left)
+        _truncate(self.right)
+        _truncate(self.size)
+        _truncate(self.prio)
+        self.root = self.free = 0
+
+
+def _truncate(lst: list[Any]) -> None:
+    """Keep ``lst[0]`` only (not ``del lst[1:]``: the slice object is GC-tracked)."""
+    while len(lst) > 1:
+        lst.pop()
 
 
 def _due_hint(enqueued_at: float, max_wait_ms: float) -> float:
@@ -1209,25 +1401,75 @@ class Queue:
         return 0
 
     # -- structure helpers (lock held) --------------------------------------------------
-    @staticmethod
-    def _rot_insert(c: _Class, lane: _Lane) -> None:
-        """A lane that gets work joins its class's round robin at the back (just before cur)."""
+    def _rot_insert(self, c: _Class, lane: _Lane) -> None:
+        """A lane that gets work joins its class's round robin at the back (just before cur).
+
+        The circle is in label order (going round from the lane with the smallest label), so
+        rank-tree keys can name a place in it: the lane takes a label between its neighbours',
+        at most ``c.step`` past the one before it, so that lanes joining at one place in a row
+        use the gap up slowly. When no integer is left between them, every lane of the class
+        is relabelled evenly, in the same order (O(m), amortised O(1): each gap then holds
+        2m + 2 more steps)."""
         cur = c.cur
         if cur is not None and not cur.live:
             # The empty default lane, kept alone in the circle: it leaves for good now.
             cur.rot_next = cur.rot_prev = None
             c.cur = cur = None
             c.nlanes = 0
+        c.nlanes += 1
         if cur is None:
             lane.rot_next = lane.rot_prev = lane
+            lane.label = _LABEL_MID
             c.cur = lane
-        else:
-            prev = cur.rot_prev
-            lane.rot_prev = prev
-            lane.rot_next = cur
-            prev.rot_next = lane  # type: ignore[union-attr]
-            cur.rot_prev = lane
-        c.nlanes += 1
+            return
+        if not c.ranked and c.nlanes > _RANK_LANES:
+            # Enough lanes that walking them costs more than a rank tree: from now until the
+            # class is empty it keeps one, made here from its jobs (O(n log n), amortised
+            # O(log n) per job: each job is in at most one such build).
+            c.rank.fill(c)
+            c.ranked = True
+        prev = cur.rot_prev
+        lane.rot_prev = prev
+        lane.rot_next = cur
+        prev.rot_next = lane  # type: ignore[union-attr]
+        cur.rot_prev = lane
+        lo = prev.label  # type: ignore[union-attr]
+        hi = cur.label
+        step = c.step
+        if lo < hi:
+            gap = (hi - lo) >> 1
+            if gap:
+                lane.label = lo + (gap if gap < step else step)
+                return
+        else:  # cur has the smallest label and prev the greatest: go past prev, or below cur
+            gap = (_LABEL_END - lo) >> 1
+            if gap:
+                lane.label = lo + (gap if gap < step else step)
+                return
+            gap = hi >> 1
+            if gap:
+                lane.label = hi - (gap if gap < step else step)
+                return
+        self._relabel(c, lane)
+
+    @staticmethod
+    def _relabel(c: _Class, new: _Lane) -> None:
+        """Spread the labels of the class's lanes evenly, in the circle's order from the one
+        with the smallest label (``new``, just linked in, has none yet and goes where it is)."""
+        first = c.cur
+        lane = first.rot_next  # type: ignore[union-attr]
+        while lane is not c.cur:
+            if lane is not new and (first is new or lane.label < first.label):  # type: ignore[union-attr]
+                first = lane
+            lane = lane.rot_next  # type: ignore[union-attr]
+        n = c.nlanes
+        gap = _LABEL_END // (n + 1)
+        lane = first
+        for i in range(1, n + 1):
+            lane.label = i * gap  # type: ignore[union-attr]
+            lane = lane.rot_next  # type: ignore[union-attr]
+        step = gap // (2 * n + 2)
+        c.step = step if step else 1
 
     def _rot_remove(self, c: _Class, lane: _Lane) -> None:
         """Take an emptied lane out of its class's round robin."""
@@ -1252,6 +1494,8 @@ class Queue:
         """Unlink a queued entry from everything but the job-id index (cancel, evict, expire)."""
         lane = e.lane
         c = self._classes[lane.prio]
+        if c.ranked:
+            c.rank.delete(lane.live, lane)
         lane.remove(e)
         lane.lru_unlink(e)
         c.live -= 1
@@ -1268,6 +1512,9 @@ class Queue:
             self._dl_jobs -= 1
         if not lane.live:
             self._rot_remove(c, lane)
+            if not c.live and c.ranked:
+                c.rank.reset()
+                c.ranked = False
         tr = lane.tenant
         if tr is not None:
             tr.live -= 1
@@ -1283,10 +1530,22 @@ class Queue:
             c.cur = lane.rot_next  # type: ignore[union-attr]
         return e  # type: ignore[return-value]
 
-    def _class_rank(self, c: _Class, lane: _Lane, k: int) -> int:
-        """Jobs of class ``c`` the round robin hands out before ``lane``'s k-th (0-based) job:
-        each lane ahead of it in the circle gives up to k + 1 jobs first, each lane after it
-        up to k, and the lane itself k. O(number of non-empty lanes)."""
+    @staticmethod
+    def _class_rank(c: _Class, lane: _Lane, k: int) -> int:
+        """Jobs of class ``c`` (two or more lanes) the round robin hands out before ``lane``'s
+        k-th (0-based) job: each lane from cur up to it in the circle gives min(its jobs,
+        k + 1) first, every other lane min(its jobs, k), and the lane itself k. With a rank
+        tree: the keys of level <= k, plus those of level k + 1 whose label lies in [cur's
+        label, the lane's) going round the circle, O(log n); without (at most _RANK_LANES
+        lanes), a walk round the circle."""
+        if c.ranked:
+            count = c.rank.count_lt
+            label = lane.label
+            l_cur = c.cur.label  # type: ignore[union-attr]
+            if l_cur <= label:
+                return count(k + 1, 0) + count(k + 1, label) - count(k + 1, l_cur)
+            # The range wraps past the greatest label: level <= k, then [l_cur, end), [0, label).
+            return count(k + 2, 0) - count(k + 1, l_cur) + count(k + 1, label)
         ahead = k
         other = c.cur
         while other is not lane:
@@ -1322,14 +1581,28 @@ class Queue:
 
     @staticmethod
     def _victim_lane(c: _Class) -> _Lane:
-        """DROP_LRU's lane in a non-empty class: the most jobs; ties: the latest in the round robin."""
-        best = lane = c.cur
-        lane = lane.rot_next  # type: ignore[union-attr]
-        while lane is not c.cur:
-            if lane.live >= best.live:  # type: ignore[union-attr]
-                best = lane
+        """DROP_LRU's lane in a non-empty class: the most jobs; ties: the latest in the round
+        robin. With a rank tree: the greatest key's level, among the lanes holding it the
+        greatest label below cur's, else the greatest, O(log n); without, a walk."""
+        cur = c.cur
+        if not c.ranked:
+            best = lane = cur
             lane = lane.rot_next  # type: ignore[union-attr]
-        return best  # type: ignore[return-value]
+            while lane is not cur:
+                if lane.live >= best.live:  # type: ignore[union-attr]
+                    best = lane
+                lane = lane.rot_next  # type: ignore[union-attr]
+            return best  # type: ignore[return-value]
+        rk = c.rank
+        right = rk.right
+        t = rk.root
+        while right[t]:
+            t = right[t]
+        top = rk.level[t]
+        x = rk.last_below(top, cur.label)  # type: ignore[union-attr]
+        if x and rk.level[x] == top:
+            t = x
+        return rk.lane[t]  # type: ignore[return-value]
 
     def _wake_rooms(self) -> None:
         """Wake every producer waiting for room (each retries; the rest wait again)."""
@@ -1440,6 +1713,7 @@ class Queue:
                 if (
                     inter.live + classes[1].live < self._capacity
                     and not self._closed
+                    and self._plain  # (again: a tenant may have come since it was read unlocked)
                     and not (self._limit and task._max_tokens > self._limit)
                     and (job_id is None or job_id not in self._index)
                 ):
@@ -1461,19 +1735,12 @@ class Queue:
                         e.key = job_id
                         e.lane = lane
                         if lane.rot_next is None:
-                            # The default lane joins the round robin at the back (just before cur,
-                            # which is not empty: an empty default lane is the only one it keeps).
-                            cur = c.cur
-                            if cur is None:
-                                lane.rot_next = lane.rot_prev = lane
-                                c.cur = lane
-                            else:
-                                prev = cur.rot_prev
-                                lane.rot_prev = prev
-                                lane.rot_next = cur
-                                prev.rot_next = lane  # type: ignore[union-attr]
-                                cur.rot_prev = lane
-                            c.nlanes += 1
+                            # The default lane joins the round robin, alone: a queue that has
+                            # seen a tenant is not plain (self._rot_insert(c, lane), inlined).
+                            lane.rot_next = lane.rot_prev = lane
+                            lane.label = _LABEL_MID
+                            c.cur = lane
+                            c.nlanes = 1
                         # lane.push(e) and lane.lru_append(e), inlined.
                         tail = lane.tail
                         if tail - lane.head > lane.mask:
@@ -1598,6 +1865,8 @@ class Queue:
                     if now >= self._dl_due:
                         self._sweep(now)
                     classes = self._classes
+                    if tenant is not None:
+                        self._plain = False  # tenants from now on: every task takes this path
                     inter = classes[0]
                     c = classes[p]
                     budget = self._budget
@@ -1752,6 +2021,8 @@ class Queue:
                             last_used.lru_next = e
                         lane.lru_last = e
                         c.live += 1
+                        if c.ranked:
+                            c.rank.insert(lane.live, lane)
                         if budget:
                             c.tokens += tokens
                             self._queued_tokens += tokens
@@ -1936,6 +2207,12 @@ class Queue:
             dprev.dl_next = dnext
             dnext.dl_prev = dprev  # type: ignore[union-attr]
             self._dl_jobs -= 1
+        if c.ranked:
+            if c.live:
+                c.rank.delete(lane.live + 1, lane)
+            else:
+                c.rank.reset()
+                c.ranked = False
         tr = lane.tenant
         if tr is not None:
             tr.live -= 1
@@ -2183,8 +2460,7 @@ class Queue:
     def position(self, job_id: str) -> int | None:
         """Jobs ``dequeue`` would hand out before this one (0 = next), or None if not queued.
 
-        O(log n) without tenants; with tenants O(log n + m), m the tenants with queued work
-        in the job's priority.
+        O(log n), with any number of tenants.
         """
         if type(job_id) is not str or not (0 < len(job_id) <= JOB_ID_MAX_LEN and job_id.isprintable()):
             job_id = check_job_id(job_id)
