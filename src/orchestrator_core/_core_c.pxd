@@ -72,7 +72,7 @@ cdef struct RNode:
 
 
 cdef struct Rank:
-    # A class's rank tree (kept once the queue has seen a tenant): an order-statistics treap
+    # A class's rank tree (kept while it has had over RANK_LANES lanes): an order-statistics treap
     # over the keys (level, label), one per queued job.
     RNode *nodes            # NULL until used
     int64_t cap             # nodes allocated (node 0 included)
@@ -86,7 +86,7 @@ cdef struct PClass:
     Lane dflt               # the default tenant's lane
     Lane *cur               # the lane served next; NULL when the class is empty
     Rank rank
-    bint ranked             # rank kept: a second lane joined since the class was last empty
+    bint ranked             # rank kept: over RANK_LANES lanes joined since it was last empty
     int64_t step            # the largest label gap a lane joining the circle takes
     int64_t live            # jobs in the class
     int64_t nlanes          # lanes in the round robin

@@ -23,16 +23,18 @@
 #     the lane with the most jobs (ties: the latest in the round robin), its LRU entry.
 #   * A Fenwick tree over a lane's ring cells counts tombstones, so a job's rank in its lane
 #     is O(log n); cancel only records the change (applied lazily at the next position()).
-#   * Rank tree: once a second lane joins a class, and until the class is empty again, the
-#     class keeps an order-statistics treap with one key (level, label) per queued job: a lane
-#     with n jobs holds (1, label) ... (n, label). The round robin hands out the k-th job of
-#     lane L after min(n, k + 1) jobs of each lane from cur up to L and min(n, k) of every
-#     other lane, which is the number of keys of level <= k plus those of level k + 1 with a
-#     label in [cur's label, L's label) going round: position() is O(log n) with any number
-#     of tenants, and enqueue, dequeue, cancel, eviction and expiry pay one O(log n) tree
-#     update in such a class. DROP_LRU's lane is the greatest key's lane (the most jobs),
-#     among equals the one with the greatest label below cur's, else the greatest: O(log n).
-#     Made from the first lane's jobs when the second joins: O(n) once per busy period.
+#   * The round robin hands out the k-th job of lane L after min(n, k + 1) jobs of each lane
+#     (of n jobs) from cur up to L and min(n, k) of every other lane. Up to 32 lanes in a
+#     class, position() walks them and so does DROP_LRU's choice of lane (the most jobs; ties:
+#     the latest in the round robin). Rank tree: once a 33rd lane joins a class, and until
+#     the class is empty again, it keeps an order-statistics treap with one key (level,
+#     label) per queued job (a lane with n jobs holds (1, label) ... (n, label)); the count
+#     above is the number of keys of level <= k plus those of level k + 1 with a label in
+#     [cur's label, L's label) going round, and DROP_LRU's lane is the greatest key's lane,
+#     among equals the one with the greatest label below cur's, else the greatest. So both
+#     are O(log n) with any number of tenants, and every enqueue, dequeue, cancel, eviction
+#     and expiry in such a class pays one O(log n) update. The tree is made from the class's
+#     jobs when the 33rd lane joins: O(n log n) at most once per job.
 #   * Deadlines: every entry with a max_wait_ms is also on one intrusive FIFO per distinct
 #     max_wait_ms value (a deadline lane). Enqueue times never decrease, so a deadline lane's
 #     head expires first. `dl_due` is a lower bound of the earliest head deadline: at
@@ -856,7 +858,7 @@ class _DLane:
 
 
 class _Rank:
-    """The rank tree of a priority class (kept once a queue has seen a tenant): an
+    """The rank tree of a priority class (kept while it has had over _RANK_LANES lanes): an
     order-statistics treap over the keys (level, label), one per queued job: the lane with
     n jobs holds the keys (1, its label) ... (n, its label). A node holds its level and its
     lane, and reads the label through the lane, so relabelling lanes (in order) leaves the
