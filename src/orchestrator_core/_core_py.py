@@ -1541,13 +1541,13 @@ class Queue:
         label, the lane's) going round the circle, O(log n); without (at most _RANK_LANES
         lanes), a walk round the circle."""
         if c.ranked:
-            count = c.rank.count_lt
+            rk = c.rank  # (its methods are called, never stored: a bound method is GC-tracked)
             label = lane.label
             l_cur = c.cur.label  # type: ignore[union-attr]
             if l_cur <= label:
-                return count(k + 1, 0) + count(k + 1, label) - count(k + 1, l_cur)
+                return rk.count_lt(k + 1, 0) + rk.count_lt(k + 1, label) - rk.count_lt(k + 1, l_cur)
             # The range wraps past the greatest label: level <= k, then [l_cur, end), [0, label).
-            return count(k + 2, 0) - count(k + 1, l_cur) + count(k + 1, label)
+            return rk.count_lt(k + 2, 0) - rk.count_lt(k + 1, l_cur) + rk.count_lt(k + 1, label)
         ahead = k
         other = c.cur
         while other is not lane:
