@@ -2704,11 +2704,9 @@ cdef inline int _enqueue_locked(Queue self, Entry *e, Admit *a) noexcept nogil:
         and not (s.max_tokens_limit and a.max_tokens > s.max_tokens_limit)
         and not (a.has_key and _find(s, a.key, NULL) != NULL)
     ):
-        # The plain task (no tenant, deadline or budget) with room: the hot path.
-        if lane.rot_next == lane or c.nlanes == 0:
-            a.position = lane.live + (inter.live if p else 0)
-        else:
-            a.position = _tail_position(s, c, lane, p)
+        # The plain task (no tenant, deadline or budget) with room: the hot path. No tenant was
+        # ever seen, so the default lane is the class's only lane: the job goes after its jobs.
+        a.position = lane.live + (inter.live if p else 0)
         if s.policy != 2 or a.position == 0:
             if _ring_reserve(lane) < 0:
                 return NOMEM

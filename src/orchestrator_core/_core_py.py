@@ -1721,10 +1721,9 @@ class Queue:
                 ):
                     c = classes[p]
                     lane = c.dflt
-                    if lane.rot_next is lane or not c.nlanes:
-                        position = lane.live + inter.live if p else lane.live
-                    else:
-                        position = self._tail_position(c, lane, p)
+                    # No tenant was ever seen (self._plain), so the default lane is the class's
+                    # only lane: the job goes after its jobs.
+                    position = lane.live + inter.live if p else lane.live
                     if self._policy_code != 2 or not position:
                         admitted = True
                         if job_id is None:
